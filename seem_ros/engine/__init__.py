@@ -1,0 +1,1 @@
+"""Inference engine: prompts, sessions, tracking memory, vocabulary cache, backends. No ROS imports."""

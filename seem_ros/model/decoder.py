@@ -1,0 +1,442 @@
+"""The SEEM v1 decoder: object, grounding, spatial and memory queries over a masked-attention decoder.
+
+Sequence layout (fixed by SEEM v1's attention architecture):
+- cross-attention runs over [object queries, grounding queries, spatial queries, memory slots];
+- self-attention runs over [object queries, grounding queries, spatial queries, grounding tokens,
+  spatial tokens, memory slots], with a hand-built mask (see `_self_attention_blocked`).
+
+Object queries never see any prompt, so generic segmentation does not change when prompts are given.
+Grounding queries are copies of the initial object queries that also attend the text tokens.
+Spatial queries are `queries_per_prompt` copies per visual prompt of randomly chosen object queries,
+attending only their own prompt's point tokens and memory slots. Memory slots cross-attend only the
+pixels inside the previous round's (or previous frame's) mask of their prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seem_ros.model.decoder_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+from seem_ros.model.position_encoding import sine_position_embedding
+from seem_ros.model.spatial_prompts import SpatialPromptTokens, encode_spatial_prompts
+
+if TYPE_CHECKING:
+    from seem_ros.model.language import LanguageEncoder
+
+
+@dataclass
+class GroundingTokens:
+    """Text tokens that grounding queries attend.
+
+    tokens: (L, 1, D) projected token embeddings of all sentences (SOT..EOT), concatenated.
+    padding: (1, L) bool, True = padding.
+    """
+
+    tokens: Tensor
+    padding: Tensor
+
+
+@dataclass
+class DecoderPrediction:
+    """Predictions of one decoder step (before the first layer, or after a layer).
+
+    object_logits: (B, Q, K+1) class logits of the object queries (last = background).
+    object_masks: (B, Q, H'/4, W'/4) mask logits; object_class_embeddings, object_mask_embeddings: (B, Q, D).
+    grounding_*: the same for the grounding queries (None without text prompt).
+    spatial_*: the same for the spatial queries, (B, 3n, ...) (None without visual prompt).
+    """
+
+    object_logits: Tensor
+    object_masks: Tensor
+    object_class_embeddings: Tensor
+    object_mask_embeddings: Tensor
+    grounding_masks: Tensor | None = None
+    grounding_class_embeddings: Tensor | None = None
+    spatial_masks: Tensor | None = None
+    spatial_class_embeddings: Tensor | None = None
+    spatial_mask_embeddings: Tensor | None = None
+
+
+@dataclass
+class DecoderOutput:
+    """predictions: one entry per step (initial + one per layer); the last is the final one."""
+
+    predictions: list[DecoderPrediction]
+    spatial_tokens: SpatialPromptTokens | None = None
+    spatial_query_index: Tensor | None = None
+    memory_slot_prompt_index: list[Tensor] = field(default_factory=list)
+
+    @property
+    def final(self) -> DecoderPrediction:
+        return self.predictions[-1]
+
+
+@dataclass
+class _Sequence:
+    """Content, position and cross-attention rows of the query groups and tokens of one forward pass."""
+
+    content: dict[str, Tensor] = field(default_factory=dict)
+    position: dict[str, Tensor] = field(default_factory=dict)
+
+
+_CROSS_ORDER = ("object", "grounding", "spatial", "memory")
+_SELF_ORDER = ("object", "grounding", "spatial", "grounding_tokens", "spatial_tokens", "memory")
+
+
+class SEEMDecoder(nn.Module):
+    """SEEM v1 decoder head (the official `sem_seg_head.predictor`).
+
+    Args:
+        language_encoder: the text tower; its similarity gives the class logits.
+        hidden_dim: query width D (must equal the language projection width).
+        num_queries: object queries Q (101 in released models).
+        num_heads, dim_feedforward: attention heads and FFN width.
+        num_layers: decoder layers (DEC_LAYERS - 1 in the official config; 9 released).
+        mask_dim: width of the mask features.
+        num_feature_levels: decoder memory levels (3: strides 32, 16, 8).
+        num_memory_slots: memory prompt slots (32 released).
+        queries_per_prompt: spatial queries per visual prompt (3).
+        max_spatial_points: per level, then for the mean vectors: most points sampled per call (512).
+    """
+
+    def __init__(
+        self,
+        language_encoder: LanguageEncoder,
+        hidden_dim: int = 512,
+        num_queries: int = 101,
+        num_heads: int = 8,
+        dim_feedforward: int = 2048,
+        num_layers: int = 9,
+        mask_dim: int = 512,
+        num_feature_levels: int = 3,
+        num_memory_slots: int = 32,
+        queries_per_prompt: int = 3,
+        max_spatial_points: tuple[int, ...] = (512, 512, 512, 512),
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.num_feature_levels = num_feature_levels
+        self.queries_per_prompt = queries_per_prompt
+        self.max_spatial_points = list(max_spatial_points)
+        self.class_embed = nn.Parameter(torch.empty(hidden_dim, hidden_dim))
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads) for _ in range(num_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward) for _ in range(num_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.lang_encoder = language_encoder
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_sptial_embed = nn.ParameterList(
+            nn.Parameter(torch.empty(hidden_dim, hidden_dim)) for _ in range(num_feature_levels)
+        )
+        self.spatial_embed = nn.Embedding(num_memory_slots, hidden_dim)
+        self.spatial_featured = nn.Embedding(num_memory_slots, hidden_dim)
+        self.pn_indicator = nn.Embedding(2, hidden_dim)
+
+    # ------------------------------------------------------------------ features
+    def prepare_levels(self, multi_scale_features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list]:
+        """Flatten the decoder memory levels.
+
+        multi_scale_features: num_feature_levels maps (B, D, h_i, w_i), strides 32, 16, 8.
+        Returns sources (h_i*w_i, B, D) with the level embedding added, sine positions of the same
+        shape, and the (h_i, w_i) sizes.
+        """
+        sources, positions, sizes = [], [], []
+        for level, features in enumerate(multi_scale_features):
+            sizes.append((features.shape[-2], features.shape[-1]))
+            pos = sine_position_embedding(features, features.shape[1] // 2)
+            positions.append(pos.flatten(2).permute(2, 0, 1))
+            source = features.flatten(2) + self.level_embed.weight[level][None, :, None]
+            sources.append(source.permute(2, 0, 1))
+        return sources, positions, sizes
+
+    def encode_spatial_prompts(
+        self,
+        multi_scale_features: list[Tensor],
+        mask_features: Tensor,
+        positive_masks: Tensor,
+        negative_masks: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> SpatialPromptTokens:
+        """Visual prompts of one image as tokens; also the referring-image encoder.
+
+        positive_masks, negative_masks: (n, H', W') bool at the padded input size.
+        """
+        sources, _, sizes = self.prepare_levels(multi_scale_features)
+        return encode_spatial_prompts(
+            positive_masks,
+            negative_masks,
+            mask_features,
+            sources,
+            sizes,
+            list(self.mask_sptial_embed),
+            self.pn_indicator.weight,
+            self.max_spatial_points,
+            generator,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        multi_scale_features: list[Tensor],
+        mask_features: Tensor,
+        class_text_embeddings: Tensor,
+        grounding: GroundingTokens | None = None,
+        spatial_masks: tuple[Tensor, Tensor] | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Run the decoder.
+
+        multi_scale_features: (B, D, h_i, w_i) at strides 32, 16, 8. mask_features: (B, D, H'/4, W'/4).
+        class_text_embeddings: (K+1, D) L2-normalised vocabulary embeddings, background last.
+        grounding: text tokens for grounding queries (B = 1).
+        spatial_masks: (positive, negative) (n, H', W') bool prompt masks of this image, or
+        spatial_tokens: prompt tokens computed beforehand (e.g. from a referring image). B = 1.
+        previous_masks: (1, n, H'/4, W'/4) mask logits of the previous round or frame per visual
+            prompt; switches the memory prompts on.
+        generator: the random source for query and point sampling (see spatial_prompts).
+        """
+        if spatial_masks is not None and spatial_tokens is not None:
+            raise ValueError("give either spatial_masks or spatial_tokens, not both")
+        if previous_masks is not None and spatial_masks is None and spatial_tokens is None:
+            raise ValueError("previous_masks need a visual prompt (spatial_masks or spatial_tokens)")
+        sources, positions, sizes = self.prepare_levels(multi_scale_features)
+        batch = mask_features.shape[0]
+        sequence = _Sequence()
+        object_content = self.query_feat.weight[:, None].repeat(1, batch, 1)
+        object_position = self.query_embed.weight[:, None].repeat(1, batch, 1)
+        sequence.content["object"] = object_content
+        sequence.position["object"] = object_position
+
+        if spatial_masks is not None:
+            spatial_tokens = encode_spatial_prompts(
+                spatial_masks[0],
+                spatial_masks[1],
+                mask_features,
+                sources,
+                sizes,
+                list(self.mask_sptial_embed),
+                self.pn_indicator.weight,
+                self.max_spatial_points,
+                generator,
+            )
+        spatial_query_index = None
+        num_prompts = 0
+        if spatial_tokens is not None:
+            num_prompts = spatial_tokens.num_prompts
+            spatial_query_index = torch.randint(
+                0, object_content.shape[0], (self.queries_per_prompt * num_prompts,), generator=generator
+            )
+            sequence.content["spatial"] = object_content[spatial_query_index]
+            sequence.position["spatial"] = object_position[spatial_query_index]
+            if previous_masks is not None:
+                sequence.content["memory"] = self.spatial_featured.weight[:, None].repeat(1, batch, 1)
+                sequence.position["memory"] = self.spatial_embed.weight[:, None].repeat(1, batch, 1)
+        if grounding is not None:
+            sequence.content["grounding_tokens"] = grounding.tokens
+            sequence.position["grounding_tokens"] = grounding.tokens.detach().clone()
+            sequence.content["grounding"] = object_content.clone()
+            sequence.position["grounding"] = object_position.clone()
+
+        cross_names = [name for name in _CROSS_ORDER if name in sequence.content]
+        predictions = []
+        prediction, attention_blocked = self._predict(
+            sequence, cross_names, mask_features, class_text_embeddings, sizes[0]
+        )
+        predictions.append(prediction)
+        memory_slot_prompt_index = []
+        for layer in range(self.num_layers):
+            level = layer % self.num_feature_levels
+            cross_lengths = [sequence.content[name].shape[0] for name in cross_names]
+            if "memory" in sequence.content:
+                slot_prompt = self._assign_memory_slots(num_prompts, generator)
+                memory_slot_prompt_index.append(slot_prompt)
+                attention_blocked = self._with_memory_rows(
+                    attention_blocked, cross_lengths, previous_masks, sizes[level], slot_prompt
+                )
+            attention_blocked = attention_blocked.clone()
+            attention_blocked[attention_blocked.all(dim=-1)] = False
+            queries = torch.cat([sequence.content[name] for name in cross_names])
+            query_position = torch.cat([sequence.position[name] for name in cross_names])
+            queries = self.transformer_cross_attention_layers[layer](
+                queries, query_position, sources[level], positions[level], attention_blocked
+            )
+            self._split_into(sequence, cross_names, queries)
+
+            if spatial_tokens is not None:
+                level_tokens = spatial_tokens.level_tokens[level]
+                sequence.content["spatial_tokens"] = level_tokens
+                sequence.position["spatial_tokens"] = level_tokens.detach().clone()
+            self_names = [name for name in _SELF_ORDER if name in sequence.content]
+            blocked = self._self_attention_blocked(
+                sequence,
+                self_names,
+                batch,
+                grounding,
+                spatial_tokens,
+                level,
+                num_prompts,
+                memory_slot_prompt_index[-1] if "memory" in sequence.content else None,
+            )
+            updated = torch.cat([sequence.content[name] for name in self_names])
+            position = torch.cat([sequence.position[name] for name in self_names])
+            updated = self.transformer_self_attention_layers[layer](updated, position, blocked)
+            updated = self.transformer_ffn_layers[layer](updated)
+            self._split_into(sequence, self_names, updated)
+
+            prediction, attention_blocked = self._predict(
+                sequence,
+                cross_names,
+                mask_features,
+                class_text_embeddings,
+                sizes[(layer + 1) % self.num_feature_levels],
+            )
+            predictions.append(prediction)
+        return DecoderOutput(
+            predictions=predictions,
+            spatial_tokens=spatial_tokens,
+            spatial_query_index=spatial_query_index,
+            memory_slot_prompt_index=memory_slot_prompt_index,
+        )
+
+    # ------------------------------------------------------------------ pieces
+    @staticmethod
+    def _split_into(sequence: _Sequence, names: list[str], stacked: Tensor) -> None:
+        start = 0
+        for name in names:
+            length = sequence.content[name].shape[0]
+            sequence.content[name] = stacked[start : start + length]
+            start += length
+
+    def _predict(
+        self,
+        sequence: _Sequence,
+        cross_names: list[str],
+        mask_features: Tensor,
+        class_text_embeddings: Tensor,
+        attention_size: tuple[int, int],
+    ) -> tuple[DecoderPrediction, Tensor]:
+        """Heads on every cross-attending query; also the next cross-attention mask
+        (B * heads, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size."""
+        queries = torch.cat([sequence.content[name] for name in cross_names])
+        normalized = self.decoder_norm(queries).transpose(0, 1)
+        class_embeddings = normalized @ self.class_embed
+        mask_embeddings = self.mask_embed(normalized)
+        masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+        resized = F.interpolate(masks, size=attention_size, mode="bilinear", align_corners=False)
+        blocked = resized.sigmoid().flatten(2) < 0.5
+        blocked = blocked.repeat_interleave(self.num_heads, dim=0).detach()
+
+        groups = {}
+        start = 0
+        for name in cross_names:
+            length = sequence.content[name].shape[0]
+            groups[name] = slice(start, start + length)
+            start += length
+        objects = groups["object"]
+        prediction = DecoderPrediction(
+            object_logits=self.lang_encoder.similarity(class_embeddings[:, objects], class_text_embeddings),
+            object_masks=masks[:, objects],
+            object_class_embeddings=class_embeddings[:, objects],
+            object_mask_embeddings=mask_embeddings[:, objects],
+        )
+        if "grounding" in groups:
+            prediction.grounding_masks = masks[:, groups["grounding"]]
+            prediction.grounding_class_embeddings = class_embeddings[:, groups["grounding"]]
+        if "spatial" in groups:
+            prediction.spatial_masks = masks[:, groups["spatial"]]
+            prediction.spatial_class_embeddings = class_embeddings[:, groups["spatial"]]
+            prediction.spatial_mask_embeddings = mask_embeddings[:, groups["spatial"]]
+        return prediction, blocked
+
+    def _assign_memory_slots(self, num_prompts: int, generator: torch.Generator | None) -> Tensor:
+        """Which prompt each memory slot serves: (M,) long, sorted (drawn as the official code does)."""
+        num_slots = self.spatial_featured.weight.shape[0]
+        repeat = num_slots // num_prompts
+        probabilities = torch.tensor([1.0 / repeat for _ in range(num_prompts)])
+        return torch.multinomial(probabilities, num_slots, replacement=True, generator=generator).sort()[0]
+
+    def _with_memory_rows(
+        self,
+        blocked: Tensor,
+        cross_lengths: list[int],
+        previous_masks: Tensor,
+        size: tuple[int, int],
+        slot_prompt: Tensor,
+    ) -> Tensor:
+        """Memory slots may attend only inside their prompt's previous mask at this level."""
+        resized = F.interpolate(previous_masks, size=size, mode="bilinear", align_corners=False)
+        memory_blocked = resized.sigmoid().flatten(2) < 0.5
+        memory_blocked = memory_blocked.repeat_interleave(self.num_heads, dim=0)
+        blocked = blocked.clone()
+        memory_start = sum(cross_lengths[:-1])
+        blocked[:, memory_start : memory_start + cross_lengths[-1]] = memory_blocked[:, slot_prompt]
+        return blocked
+
+    def _self_attention_blocked(
+        self,
+        sequence: _Sequence,
+        names: list[str],
+        batch: int,
+        grounding: GroundingTokens | None,
+        spatial_tokens: SpatialPromptTokens | None,
+        level: int,
+        num_prompts: int,
+        slot_prompt: Tensor | None,
+    ) -> Tensor:
+        """(B * heads, L, L) bool self-attention mask, True = may not attend.
+
+        Allowed: object<->object; grounding queries and grounding tokens among themselves;
+        spatial queries to their own prompt's spatial queries, tokens and memory slots; spatial
+        tokens to tokens of the same prompt; memory slots to slots of the same prompt. Padding
+        tokens are cut off (spatial padding tokens only see each other).
+        """
+        spans = {}
+        start = 0
+        for name in names:
+            length = sequence.content[name].shape[0]
+            spans[name] = slice(start, start + length)
+            start += length
+        device = sequence.content["object"].device
+        blocked = torch.ones((batch, start, start), dtype=torch.bool, device=device)
+        blocked[:, spans["object"], spans["object"]] = False
+        if grounding is not None:
+            queries, tokens = spans["grounding"], spans["grounding_tokens"]
+            for rows in (queries, tokens):
+                for cols in (queries, tokens):
+                    blocked[:, rows, cols] = False
+            padding = grounding.padding
+            token_block = blocked[:, tokens, tokens]
+            token_block[padding] = True
+            token_block.transpose(1, 2)[padding] = True
+            blocked[:, tokens, tokens] = token_block
+            blocked[:, queries, tokens] |= padding[:, None, :]
+            blocked[:, tokens, queries] |= padding[:, :, None]
+        if spatial_tokens is not None:
+            queries, tokens = spans["spatial"], spans["spatial_tokens"]
+            query_prompt = torch.arange(num_prompts, device=device).repeat_interleave(self.queries_per_prompt)
+            blocked[:, queries, queries] = query_prompt[None, :, None] != query_prompt[None, None, :]
+            token_prompt = spatial_tokens.level_prompt_index[level].permute(0, 2, 1)
+            blocked[:, queries, tokens] = token_prompt != query_prompt[None, :, None]
+            blocked[:, tokens, tokens] = token_prompt != token_prompt.transpose(1, 2)
+            if slot_prompt is not None:
+                memory = spans["memory"]
+                blocked[:, queries, memory] = query_prompt[None, :, None] != slot_prompt[None, None, :]
+                blocked[:, memory, memory] = slot_prompt[None, :, None] != slot_prompt[None, None, :]
+        return blocked.repeat_interleave(self.num_heads, dim=0)
