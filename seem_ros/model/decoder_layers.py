@@ -61,7 +61,12 @@ class CrossAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(
-        self, queries: Tensor, query_position: Tensor, memory: Tensor, memory_position: Tensor, blocked: Tensor
+        self,
+        queries: Tensor,
+        query_position: Tensor,
+        memory: Tensor,
+        memory_position: Tensor,
+        blocked: Tensor,
     ) -> Tensor:
         """queries: (Q, B, C); memory: (HW, B, C); blocked: (B * heads, Q, HW) bool with no fully
         blocked row. Returns (Q, B, C)."""

@@ -114,7 +114,9 @@ def encode_spatial_prompts(
             f"{tuple(positive_masks.shape)} and {tuple(negative_masks.shape)}"
         )
     if mask_features.shape[0] != 1:
-        raise ValueError(f"visual prompts are encoded one image at a time, got batch {mask_features.shape[0]}")
+        raise ValueError(
+            f"visual prompts are encoded one image at a time, got batch {mask_features.shape[0]}"
+        )
     num_prompts = positive_masks.shape[0]
     means = []
     for masks in (positive_masks, negative_masks):
