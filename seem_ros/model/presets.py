@@ -6,6 +6,7 @@
 | focall_v1   | seem_focall_v1.pt      | FocalNet-L (focal)            | any size, padded to /32    |
 | samvitb_v1  | seem_samvitb_v1.pt     | SAM ViT-B + SimpleFPN         | padded to 1024 x 1024      |
 | samvitl_v1  | seem_samvitl_v1.pt     | SAM ViT-L + SimpleFPN         | padded to 1024 x 1024      |
+| focalt_tiny | (none: tests, smoke)   | FocalNet, 16 wide             | any size, padded to /32    |
 
 All four share the decoder (101 object queries, 9 layers, width 512) and the text tower (CLIP-style,
 12 layers, width 512).
@@ -126,12 +127,49 @@ def build_samvitl_v1() -> SEEM:
     return _sam_seem(1024, 24, 16, (5, 11, 17, 23))
 
 
+def build_focalt_tiny() -> SEEM:
+    """A tiny Focal-T SEEM (4.1 M parameters) with the layout of the tiny reference model; for tests and
+    smoke runs with random weights. Not a released checkpoint: its outputs mean nothing without weights."""
+    backbone = FocalNet(16, [1, 1, 2, 1], [3, 3, 3, 3], [3, 3, 3, 3], variant="focal_dw")
+    pixel_decoder = TransformerEncoderPixelDecoder(
+        backbone.out_channels,
+        conv_dim=64,
+        mask_dim=64,
+        num_encoder_layers=1,
+        num_heads=4,
+        dim_feedforward=128,
+    )
+    return build_seem(
+        backbone,
+        pixel_decoder,
+        hidden_dim=64,
+        num_queries=11,
+        num_heads=4,
+        dim_feedforward=128,
+        num_decoder_layers=3,
+        num_memory_slots=4,
+        text_width=64,
+        text_layers=2,
+        text_heads=4,
+    )
+
+
 PRESETS: dict[str, Callable[[], SEEM]] = {
+    "focalt_tiny": build_focalt_tiny,
     "focalt_v1": build_focalt_v1,
     "focall_v1": build_focall_v1,
     "samvitb_v1": build_samvitb_v1,
     "samvitl_v1": build_samvitl_v1,
 }
+
+
+CHECKPOINT_FILES = {
+    "focalt_v1": "seem_focalt_v1.pt",
+    "focall_v1": "seem_focall_v1.pt",
+    "samvitb_v1": "seem_samvitb_v1.pt",
+    "samvitl_v1": "seem_samvitl_v1.pt",
+}
+RELEASED_PRESETS = tuple(CHECKPOINT_FILES)
 
 
 def build_preset(name: str) -> SEEM:

@@ -146,3 +146,28 @@ def encode_spatial_prompts(
         level_padding=paddings,
         level_prompt_index=indices,
     )
+
+
+def concatenate_spatial_tokens(parts: list[SpatialPromptTokens]) -> SpatialPromptTokens:
+    """Merge the prompts of several token sets (e.g. clicks on this image and a referring image) into one
+    set, prompt indices renumbered in order, so all prompts are decoded in one pass."""
+    if len(parts) == 1:
+        return parts[0]
+    tokens, paddings, indices = [], [], []
+    for level in range(len(parts[0].level_tokens)):
+        offset = 0
+        level_indices = []
+        for part in parts:
+            index = part.level_prompt_index[level]
+            level_indices.append(torch.where(index >= 0, index + offset, index))
+            offset += part.num_prompts
+        tokens.append(torch.cat([part.level_tokens[level] for part in parts]))
+        paddings.append(torch.cat([part.level_padding[level] for part in parts], dim=1))
+        indices.append(torch.cat(level_indices, dim=1))
+    return SpatialPromptTokens(
+        mean_positive=torch.cat([part.mean_positive for part in parts]),
+        mean_negative=torch.cat([part.mean_negative for part in parts]),
+        level_tokens=tokens,
+        level_padding=paddings,
+        level_prompt_index=indices,
+    )

@@ -1,0 +1,57 @@
+"""Resizing camera images to the model input, as the SEEM demo does (shortest side, PIL bicubic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ResizeShortestSide:
+    """Resize so the shorter side is `short_side` pixels (torchvision `Resize(int)` rounding), keeping
+    the aspect ratio; if `max_long_side` is set, shrink further so the longer side fits it."""
+
+    short_side: int
+    max_long_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.short_side < 32:
+            raise ValueError(f"short_side must be at least 32 pixels, got {self.short_side}")
+        if self.max_long_side is not None and self.max_long_side < self.short_side:
+            raise ValueError(
+                f"max_long_side {self.max_long_side} is smaller than short_side {self.short_side}"
+            )
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the image of (height, width) is resized to."""
+        short, long = min(height, width), max(height, width)
+        new_short, new_long = self.short_side, int(self.short_side * long / short)
+        if self.max_long_side is not None and new_long > self.max_long_side:
+            new_short, new_long = int(self.max_long_side * new_short / new_long), self.max_long_side
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
+    def apply_image(self, rgb: np.ndarray) -> np.ndarray:
+        """rgb: (H, W, 3) uint8. Returns (h, w, 3) uint8, bicubic (PIL, antialiased when shrinking)."""
+        height, width = rgb.shape[:2]
+        new_height, new_width = self.output_size(height, width)
+        if (new_height, new_width) == (height, width):
+            return rgb
+        resized = Image.fromarray(rgb).resize((new_width, new_height), Image.Resampling.BICUBIC)
+        return np.asarray(resized)
+
+
+def validate_rgb(rgb: np.ndarray, max_pixels: int | None = None) -> None:
+    """Raise ValueError unless rgb is a non-empty (H, W, 3) uint8 array within max_pixels."""
+    if not isinstance(rgb, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(rgb).__name__}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"image must be HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise ValueError(f"image is too small: {rgb.shape[1]}x{rgb.shape[0]} pixels (at least 8x8)")
+    if max_pixels is not None and rgb.shape[0] * rgb.shape[1] > max_pixels:
+        raise ValueError(
+            f"image has {rgb.shape[0] * rgb.shape[1]} pixels, more than the limit {max_pixels}; "
+            "raise max_image_pixels or send smaller images"
+        )

@@ -1,0 +1,140 @@
+"""Text embeddings of a vocabulary, computed once per (text tower weights, names, templates).
+
+The official demo re-embeds 134 COCO names x 81 templates at every start (minutes on a CPU). Here the
+embeddings are kept in memory and on disk, keyed by a fingerprint of the language encoder's weights,
+the class names and the templates, so a restart with the same checkpoint and vocabulary is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from seem_ros.model.language import LanguageEncoder
+from seem_ros.model.tokenizer import default_cache_dir
+from seem_ros.model.vocabulary import (
+    BACKGROUND_CLASS,
+    COCO_PANOPTIC_CLASSES,
+    COCO_PANOPTIC_IS_THING,
+    PROMPT_TEMPLATES,
+)
+
+MAX_VOCABULARY_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Class names for generic segmentation and which of them are countable things."""
+
+    names: tuple[str, ...]
+    is_thing: tuple[bool, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) == 0:
+            raise ValueError("vocabulary needs at least one class name")
+        if len(self.names) > MAX_VOCABULARY_SIZE:
+            raise ValueError(f"vocabulary has {len(self.names)} names; the limit is {MAX_VOCABULARY_SIZE}")
+        if len(self.is_thing) != len(self.names):
+            raise ValueError("is_thing needs one flag per class name")
+        for name in self.names:
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"class names must be non-empty strings, got {name!r}")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError("class names must be unique")
+
+    @classmethod
+    def from_names(cls, names: Sequence[str], thing_names: Sequence[str] = ()) -> Vocabulary:
+        """thing_names: subset of names; empty = every name is a thing."""
+        names = tuple(name.strip() for name in names)
+        unknown = set(thing_names) - set(names)
+        if unknown:
+            raise ValueError(f"thing names {sorted(unknown)} are not in the vocabulary")
+        things = set(thing_names) if thing_names else set(names)
+        return cls(names, tuple(name in things for name in names))
+
+    @property
+    def thing_class_ids(self) -> list[int]:
+        return [index for index, thing in enumerate(self.is_thing) if thing]
+
+
+COCO_PANOPTIC = Vocabulary(tuple(COCO_PANOPTIC_CLASSES), tuple(COCO_PANOPTIC_IS_THING))
+
+
+def encoder_fingerprint(encoder: LanguageEncoder) -> str:
+    """A short hash of the language encoder's weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class VocabularyCache:
+    """(K+1, D) class embeddings (background last) for vocabularies, in memory and on disk.
+
+    cache_dir: where embeddings are stored; None = the user cache (`$SEEM_ROS_CACHE_DIR` or
+    `~/.cache/seem_ros`) under `text_embeddings/`; disk caching can be turned off with use_disk=False.
+    """
+
+    def __init__(
+        self,
+        encoder: LanguageEncoder,
+        cache_dir: str | Path | None = None,
+        use_disk: bool = True,
+        templates: Sequence[str] = PROMPT_TEMPLATES,
+    ) -> None:
+        self.encoder = encoder
+        self.templates = tuple(templates)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "text_embeddings"
+        self.use_disk = use_disk
+        self._fingerprint: str | None = None
+        self._memory: dict[str, Tensor] = {}
+
+    def _key(self, names: Sequence[str]) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(self.encoder)
+        digest = hashlib.sha256()
+        digest.update(self._fingerprint.encode())
+        for text in (*names, "\x00", *self.templates):
+            digest.update(text.encode("utf-8") + b"\x1f")
+        return digest.hexdigest()[:24]
+
+    def embeddings(self, vocabulary: Vocabulary) -> Tensor:
+        """L2-normalised (K+1, D) float32 embeddings of the names plus "background" (the no-object class)."""
+        names = (*vocabulary.names, BACKGROUND_CLASS)
+        key = self._key(names)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.cache_dir / f"{key}.safetensors"
+        embeddings = None
+        if self.use_disk and path.is_file():
+            try:
+                embeddings = load_file(str(path))["embeddings"]
+            except Exception:  # a corrupt cache file is recomputed
+                embeddings = None
+        device = self.encoder.lang_proj.device
+        if embeddings is None or embeddings.shape != (len(names), self.encoder.dim_proj):
+            embeddings = self.encoder.class_embeddings(names, self.templates).float().cpu()
+            if self.use_disk:
+                self._write(path, embeddings)
+        embeddings = embeddings.to(device)
+        self._memory[key] = embeddings
+        return embeddings
+
+    def _write(self, path: Path, embeddings: Tensor) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(handle)
+            save_file({"embeddings": embeddings.contiguous()}, temporary)
+            os.replace(temporary, path)
+        except OSError:
+            return
