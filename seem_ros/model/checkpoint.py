@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -53,7 +53,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
             f"checkpoint {path} was refused: it needs to run pickled code to load ({_first_line(error)}). "
             "Only plain tensor checkpoints are accepted; convert trusted files with `seem-ros convert`"
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, SafetensorsError, zipfile.BadZipFile) as error:
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
         raise CheckpointError(
             f"checkpoint {path} is unreadable or truncated: {_first_line(error)}"
         ) from error

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 from seem_ros.model.decoder import SEEMDecoder
@@ -177,3 +178,31 @@ def build_preset(name: str) -> SEEM:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def randomize_weights(model: SEEM, seed: int = 0, logit_scale: float = 6.0) -> SEEM:
+    """Fill a model with seeded random weights (tests and smoke runs without a checkpoint).
+
+    Matrices and conv kernels get Xavier-uniform values, other vectors N(0, 0.02), then every norm layer
+    is reset to weight 1 / bias 0. The logit scale is set high (as in the tiny reference model) so random
+    class embeddings still give some confident segments. The outputs mean nothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                receptive = parameter[0][0].numel()
+                bound = (6.0 / ((parameter.shape[1] + parameter.shape[0]) * receptive)) ** 0.5
+                parameter.copy_((torch.rand(parameter.shape, generator=generator) * 2 - 1) * bound)
+            elif parameter.dim() == 0:
+                parameter.fill_(logit_scale)
+            else:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        for module in model.modules():
+            is_norm = isinstance(module, nn.LayerNorm | nn.GroupNorm) or type(module).__name__.endswith(
+                "LayerNorm"
+            )
+            if is_norm:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    return model

@@ -1,0 +1,251 @@
+"""`SeemSegmenter`: the stream segmenter the ROS node drives (prompts, tracks, generic segmentation).
+
+Every `process(rgb)` encodes the frame once and runs one decoder pass for all tracked targets and the
+panoptic segmentation together. Prompt calls may arrive between frames; they apply to the next frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
+from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt
+from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.tracker import Tracker
+from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
+from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
+from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
+from seem_ros.model.seem import SEEM
+from seem_ros.model.tokenizer import ClipTokenizer, default_cache_dir
+
+SEMANTIC_VOID = 65535
+
+
+def default_checkpoint_path(preset: str) -> Path:
+    """Where a released checkpoint is looked for when none is given: `<cache>/checkpoints/<file>`."""
+    return default_cache_dir() / "checkpoints" / CHECKPOINT_FILES.get(preset, f"{preset}.pt")
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" = cuda when available, else cpu. Asking for cuda without a GPU is an error (not a silent
+    fallback): use "auto" to fall back."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} was requested but no CUDA device is available; use 'cpu' or 'auto'"
+        )
+    return resolved
+
+
+def load_model(preset: str, checkpoint: str = "", random_weights: bool = False, seed: int = 0) -> SEEM:
+    """Build a preset and fill it from a checkpoint (strict, safe) or with labelled random weights."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    model = build_preset(preset)
+    if random_weights:
+        return randomize_weights(model, seed)
+    path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(preset)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}. Download {CHECKPOINT_FILES.get(preset, 'a SEEM v1 checkpoint')} "
+            "from the xdecoder/SEEM model repository and put it there (or pass its path), "
+            "or run with random weights to try the pipeline (outputs are meaningless)"
+        )
+    load_weights(model, read_checkpoint(path), preset)
+    return model
+
+
+class SeemSegmenter:
+    """Implements `seem_ros.engine.api.FrameSegmenter` over a `SeemPredictor` and a `Tracker`.
+
+    Text prompts and clicks/boxes/masks outside existing targets start new tracks; a click inside a
+    tracked mask (or any negative click) refines that track. With no track, or when `generic` is set,
+    the frame is also segmented panoptically over the vocabulary.
+    """
+
+    def __init__(
+        self,
+        predictor: SeemPredictor,
+        tracker: Tracker,
+        generic: bool = True,
+        max_instances: int = 100,
+        description: dict[str, str] | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.tracker = tracker
+        self.generic = generic
+        self.max_instances = max_instances
+        self._description = description or {}
+        self._lock = threading.Lock()
+        self._image_size: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ prompts
+    def set_text_prompt(self, text: str) -> None:
+        target = Target(text=TextPrompt(text))
+        with self._lock:
+            self.tracker.add(target)
+
+    def _check_point(self, x: float, y: float) -> None:
+        if self._image_size is not None:
+            height, width = self._image_size
+            if not (0 <= x < width and 0 <= y < height):
+                raise ValueError(f"point ({x}, {y}) is outside the {width}x{height} image")
+
+    def add_click(self, x: float, y: float, positive: bool) -> None:
+        click = ClickPrompt(float(x), float(y), positive)
+        self._check_point(click.x, click.y)
+        with self._lock:
+            track = self.tracker.track_at(click.x, click.y)
+            if track is None and not positive:
+                tracks = list(self.tracker)
+                if not tracks:
+                    raise ValueError("a negative click needs a target to refine; click on the object first")
+                track = tracks[-1]
+            if track is not None:
+                self.tracker.refine(track.track_id, click)
+            else:
+                self.tracker.add(Target(visual=(click,)))
+
+    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        box = BoxPrompt(float(x0), float(y0), float(x1), float(y1))
+        self._check_point(box.x_min, box.y_min)
+        self._check_point(box.x_max, box.y_max)
+        with self._lock:
+            self.tracker.add(Target(visual=(box,)))
+
+    def add_mask(self, mask: np.ndarray) -> None:
+        mask = np.asarray(mask).astype(bool)
+        if self._image_size is not None and mask.shape != self._image_size:
+            raise ValueError(
+                f"mask is {mask.shape[1]}x{mask.shape[0]}, the images are {self._image_size[::-1]}"
+            )
+        prompt = MaskPrompt(mask)
+        with self._lock:
+            self.tracker.add(Target(visual=(prompt,)))
+
+    def add_target(self, target: Target) -> int:
+        with self._lock:
+            return self.tracker.add(target)
+
+    def clear_prompts(self) -> None:
+        with self._lock:
+            self.tracker.clear()
+
+    def reset_tracking(self) -> None:
+        """Forget the memory of every track (masks, anchors); each target restarts from its prompt."""
+        with self._lock:
+            for track in self.tracker:
+                track.mask = None
+                track.mask_logits = None
+                track.anchor = track.origin
+                track.lost_frames = 0
+
+    def set_vocabulary(self, names: Sequence[str], thing_names: Sequence[str]) -> None:
+        vocabulary = Vocabulary.from_names(names, thing_names)
+        with self._lock:
+            self.predictor.set_vocabulary(vocabulary)
+
+    def describe(self) -> dict[str, str]:
+        return {
+            **self._description,
+            "device": str(self.predictor.device),
+            "vocabulary_size": str(len(self.predictor.vocabulary.names)),
+            "tracks": str(len(self.tracker)),
+        }
+
+    # ------------------------------------------------------------------ frames
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        with self._lock:
+            self.predictor.set_image(rgb)
+            self._image_size = rgb.shape[:2]
+            tracks = list(self.tracker)
+            generic = self.generic or not tracks
+            prediction = self.tracker.step(self.predictor, generic=generic)
+            instances: list[InstanceResult] = []
+            for track, result in zip(tracks, prediction.targets, strict=True):
+                if track.is_lost or self.tracker.get(track.track_id) is None:
+                    continue
+                instances.append(
+                    InstanceResult(
+                        instance_id=len(instances) + 1,
+                        track_id=track.track_id,
+                        label=track.text or result.label,
+                        class_id=result.class_id,
+                        score=result.score,
+                        mask=result.mask,
+                        bbox=mask_bbox(result.mask),
+                        prompt=track.kind,
+                        prompt_text=track.text,
+                    )
+                )
+            height, width = rgb.shape[:2]
+            panoptic = np.zeros((height, width), dtype=np.int32)
+            semantic = np.full((height, width), SEMANTIC_VOID, dtype=np.uint16)
+            segments: list[Segment] = []
+            if prediction.generic is not None:
+                generic_result = prediction.generic
+                panoptic = generic_result.panoptic
+                semantic[generic_result.semantic >= 0] = generic_result.semantic[generic_result.semantic >= 0]
+                for segment in generic_result.segments:
+                    segments.append(
+                        Segment(
+                            segment.segment_id,
+                            segment.class_id,
+                            segment.label,
+                            segment.is_thing,
+                            segment.area,
+                            segment.score,
+                        )
+                    )
+                ranked = sorted(generic_result.segments, key=lambda s: s.score, reverse=True)
+                for segment in ranked[: max(0, self.max_instances - len(instances))]:
+                    mask = panoptic == segment.segment_id
+                    instances.append(
+                        InstanceResult(
+                            instance_id=len(instances) + 1,
+                            track_id=0,
+                            label=segment.label,
+                            class_id=segment.class_id,
+                            score=segment.score,
+                            mask=mask,
+                            bbox=mask_bbox(mask),
+                            prompt="panoptic",
+                        )
+                    )
+            return FrameResult(instances, panoptic, segments, semantic, prediction.timings)
+
+
+def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
+    """Build the segmenter the node uses from its configuration (raises ValueError / CheckpointError)."""
+    device = resolve_device(config.device)
+    if config.backend != "torch":
+        raise ValueError(f"backend {config.backend!r} is not available; use 'torch'")
+    model = load_model(config.preset, config.checkpoint, config.random_weights)
+    vocabulary = (
+        Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else COCO_PANOPTIC
+    )
+    predictor = SeemPredictor(
+        model,
+        ClipTokenizer(),
+        vocabulary,
+        device=device,
+        short_side=getattr(config, "short_side", 512),
+        half_precision=getattr(config, "precision", "fp32") == "fp16",
+        panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
+    )
+    tracker = Tracker(
+        max_tracks=getattr(config, "max_tracks", 8),
+        min_score=getattr(config, "track_min_score", 0.3),
+        max_lost_frames=getattr(config, "max_lost_frames", 30),
+    )
+    weights = "random (meaningless outputs)" if config.random_weights else (config.checkpoint or "default")
+    description = {"model": config.preset, "weights": weights, "backend": config.backend}
+    return SeemSegmenter(predictor, tracker, max_instances=config.max_instances, description=description)
