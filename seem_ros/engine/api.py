@@ -1,0 +1,91 @@
+"""What the ROS node needs from the engine: a configuration record and the `FrameSegmenter` protocol.
+
+The node builds its segmenter with `seem_ros.engine.build_segmenter(config: SegmenterConfig)` and then only
+calls the methods below. No ROS imports here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from seem_ros.engine.results import FrameResult
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything needed to build a segmenter; the node fills it from its ROS parameters.
+
+    preset: name of a model preset (architecture and default vocabulary), e.g. "focalt_v1" or "focalt_tiny".
+    checkpoint: path of a .safetensors / .pt checkpoint; "" = the preset's default file.
+    device: torch device string ("cpu", "cuda", "cuda:1") or "auto" (cuda when available, else cpu).
+    backend: "torch" or "onnx".
+    random_weights: build the model with seeded random weights and no checkpoint (tests, smoke runs).
+    vocabulary: class names for panoptic/semantic segmentation; empty = the preset's default vocabulary.
+    thing_names: the subset of `vocabulary` segmented as countable instances; empty = every name is a thing.
+    score_threshold: minimum class confidence in [0, 1] for a segment or instance to be reported.
+    mask_threshold: probability in (0, 1) above which a pixel belongs to a mask.
+    overlap_threshold: minimum fraction in (0, 1] of a mask that must stay visible after overlaps are
+        resolved for a panoptic segment to be kept.
+    max_instances: most instances reported per image (highest scores first).
+    """
+
+    preset: str
+    checkpoint: str = ""
+    device: str = "auto"
+    backend: str = "torch"
+    random_weights: bool = False
+    vocabulary: tuple[str, ...] = ()
+    thing_names: tuple[str, ...] = ()
+    score_threshold: float = 0.8
+    mask_threshold: float = 0.5
+    overlap_threshold: float = 0.8
+    max_instances: int = 100
+
+
+@runtime_checkable
+class FrameSegmenter(Protocol):
+    """A stateful segmenter for a stream of images: prompts and tracks persist across `process` calls.
+
+    Coordinates are pixels of the images given to `process`: x = column, y = row, origin top-left.
+    Methods raise ValueError with a readable message for invalid arguments; the state is then unchanged.
+    """
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        """Segment one image. rgb: (H, W, 3) uint8 RGB. Returns masks at (H, W)."""
+        ...
+
+    def set_text_prompt(self, text: str) -> None:
+        """Segment what `text` refers to ("the red cup"); replaces the previous text prompt."""
+        ...
+
+    def add_click(self, x: float, y: float, positive: bool) -> None:
+        """Add a positive (object) or negative (not object) click at pixel (x, y)."""
+        ...
+
+    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        """Add a box prompt with corners (x0, y0) top-left and (x1, y1) bottom-right, pixels."""
+        ...
+
+    def add_mask(self, mask: np.ndarray) -> None:
+        """Add a mask (or scribble) prompt. mask: (H, W) bool at the image size."""
+        ...
+
+    def clear_prompts(self) -> None:
+        """Forget all text and visual prompts: back to panoptic segmentation of the vocabulary."""
+        ...
+
+    def reset_tracking(self) -> None:
+        """Forget tracked targets and their memory; prompts stay."""
+        ...
+
+    def set_vocabulary(self, names: Sequence[str], thing_names: Sequence[str]) -> None:
+        """Replace the vocabulary. thing_names must be a subset of names; empty = every name is a thing."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """Facts for logs and diagnostics; at least the keys "model", "device" and "backend"."""
+        ...

@@ -1,0 +1,1 @@
+"""ROS 2 layer: node, parameters and message conversions."""

@@ -1,0 +1,373 @@
+"""Pure conversions between ROS messages and numpy arrays / engine results. No node needed.
+
+Image layout conventions: arrays are (H, W) for one channel and (H, W, C) otherwise, rows top to bottom,
+x = column, y = row. `sensor_msgs/Image.step` (bytes per row) may exceed width * channels * itemsize when
+rows are padded; it is honoured in both directions.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
+from std_msgs.msg import Header
+
+from seem_ros.engine.results import FrameResult, InstanceResult, Segment
+from seem_ros.msg import InstanceMask, InstanceMaskArray, PanopticSegment
+
+# encoding -> (numpy dtype, channels)
+IMAGE_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32SC1": (np.dtype(np.int32), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+
+# encodings image_to_rgb accepts -> OpenCV conversion to RGB (None: already RGB)
+_TO_RGB: dict[str, int | None] = {
+    "rgb8": None,
+    "bgr8": cv2.COLOR_BGR2RGB,
+    "rgba8": cv2.COLOR_RGBA2RGB,
+    "bgra8": cv2.COLOR_BGRA2RGB,
+    "mono8": cv2.COLOR_GRAY2RGB,
+    "8UC1": cv2.COLOR_GRAY2RGB,
+}
+
+_NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
+
+PANOPTIC_ENCODINGS = ("32SC1", "mono16")
+SEMANTIC_ENCODING = "mono16"
+SEMANTIC_NONE = 65535
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """View of an Image message's pixels as (H, W) or (H, W, C) in the message's own encoding.
+
+    Zero-copy (a view of msg.data, padded rows skipped by strides) unless a 16/32-bit image has the other
+    byte order than this machine. Raises ValueError for an unknown encoding, an empty image, a step smaller
+    than one row, or a data size that is not step * height.
+    """
+    if msg.encoding not in IMAGE_ENCODINGS:
+        raise ValueError(
+            f"unsupported image encoding {msg.encoding!r}; use one of {', '.join(IMAGE_ENCODINGS)}"
+        )
+    dtype, channels = IMAGE_ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ValueError(f"empty image: width {width}, height {height}")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ValueError(
+            f"image step {step} is smaller than one row of {width} x {channels} x {dtype.itemsize} bytes "
+            f"= {row_bytes} for encoding {msg.encoding}"
+        )
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size != step * height:
+        raise ValueError(
+            f"image data has {data.size} bytes, expected step * height = {step} * {height} = {step * height}"
+        )
+    rows = data.reshape(height, step)[:, :row_bytes]
+    shape = (height, width, channels) if channels > 1 else (height, width)
+    if dtype.itemsize == 1:
+        return rows.reshape(shape)
+    message_order = ">" if msg.is_bigendian else "<"
+    pixels = rows.view(dtype.newbyteorder(message_order)).reshape(shape)
+    return pixels if message_order == _NATIVE_ORDER else pixels.astype(dtype)
+
+
+def image_to_rgb(msg: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an rgb8, bgr8, rgba8, bgra8 or mono8 Image (a view for unpadded rgb8)."""
+    if msg.encoding not in _TO_RGB:
+        raise ValueError(
+            f"cannot segment an image with encoding {msg.encoding!r}; use one of {', '.join(_TO_RGB)}"
+        )
+    pixels = image_to_array(msg)
+    conversion = _TO_RGB[msg.encoding]
+    if conversion is None:
+        return pixels
+    return cv2.cvtColor(pixels, conversion)
+
+
+def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB decoded from a CompressedImage (JPEG, PNG, ... anything cv2.imdecode reads)."""
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ValueError(f"empty compressed image (format {msg.format!r})")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"could not decode compressed image of {data.size} bytes, format {msg.format!r}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def array_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """Image message holding `pixels` ((H, W) or (H, W, C) with the dtype and channels of `encoding`)."""
+    if encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"unsupported image encoding {encoding!r}; use one of {', '.join(IMAGE_ENCODINGS)}")
+    dtype, channels = IMAGE_ENCODINGS[encoding]
+    expected_ndim = 2 if channels == 1 else 3
+    if (
+        pixels.dtype != dtype
+        or pixels.ndim != expected_ndim
+        or (channels > 1 and pixels.shape[2] != channels)
+    ):
+        shape = "H x W" if channels == 1 else f"H x W x {channels}"
+        raise ValueError(f"{encoding} needs a {shape} {dtype} array, got {pixels.shape} {pixels.dtype}")
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise ValueError(f"empty image: shape {pixels.shape}")
+    pixels = np.ascontiguousarray(pixels)
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == "big" and dtype.itemsize > 1)
+    msg.step = int(pixels.strides[0])
+    msg.data = pixels.tobytes()
+    return msg
+
+
+def rle_encode(mask: np.ndarray) -> np.ndarray:
+    """Run lengths of a bool mask, row-major, alternating background/foreground, starting with background.
+
+    mask: (h, w) bool. Returns (N,) uint32 with sum == h * w (first run 0 if mask[0, 0] is set).
+    """
+    flat = np.ascontiguousarray(mask, dtype=bool).ravel()
+    if flat.size == 0:
+        return np.zeros(0, dtype=np.uint32)
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], changes, [flat.size])))
+    if flat[0]:
+        runs = np.concatenate(([0], runs))
+    return runs.astype(np.uint32)
+
+
+def rle_decode(runs: Sequence[int] | np.ndarray, height: int, width: int) -> np.ndarray:
+    """Inverse of rle_encode: (height, width) bool. Raises ValueError if the runs do not cover it exactly."""
+    runs = np.asarray(runs, dtype=np.int64)
+    total = int(runs.sum())
+    if total != height * width:
+        raise ValueError(f"mask runs cover {total} pixels, expected {height} x {width} = {height * width}")
+    values = np.zeros(runs.size, dtype=bool)
+    values[1::2] = True
+    return np.repeat(values, runs).reshape(height, width)
+
+
+def instance_to_msg(instance: InstanceResult) -> InstanceMask:
+    """InstanceMask with the mask cropped to instance.bbox (which must contain the whole mask)."""
+    msg = InstanceMask()
+    msg.instance_id = int(instance.instance_id)
+    msg.track_id = int(instance.track_id)
+    msg.label = instance.label
+    msg.class_id = int(instance.class_id)
+    msg.score = float(instance.score)
+    msg.prompt_type = instance.prompt
+    msg.prompt_text = instance.prompt_text
+    x0, y0, x1, y1 = (int(v) for v in instance.bbox)
+    if x1 < x0 or y1 < y0:
+        msg.roi = RegionOfInterest()
+        return msg
+    msg.roi = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
+    msg.mask_rle = rle_encode(instance.mask[y0 : y1 + 1, x0 : x1 + 1])
+    return msg
+
+
+def instance_mask_from_msg(msg: InstanceMask, height: int, width: int) -> np.ndarray:
+    """Full-image (height, width) bool mask of an InstanceMask."""
+    mask = np.zeros((height, width), dtype=bool)
+    roi = msg.roi
+    if roi.width == 0 or roi.height == 0:
+        return mask
+    if roi.x_offset + roi.width > width or roi.y_offset + roi.height > height:
+        raise ValueError(
+            f"roi x {roi.x_offset} + {roi.width}, y {roi.y_offset} + {roi.height} "
+            f"exceeds the {width} x {height} image"
+        )
+    crop = rle_decode(msg.mask_rle, roi.height, roi.width)
+    mask[roi.y_offset : roi.y_offset + roi.height, roi.x_offset : roi.x_offset + roi.width] = crop
+    return mask
+
+
+def segment_to_msg(segment: Segment) -> PanopticSegment:
+    return PanopticSegment(
+        id=int(segment.segment_id),
+        class_id=int(segment.class_id),
+        label=segment.label,
+        is_thing=bool(segment.is_thing),
+        area=int(segment.area),
+        score=float(segment.score),
+    )
+
+
+def frame_result_to_msg(result: FrameResult, header: Header, width: int, height: int) -> InstanceMaskArray:
+    """InstanceMaskArray for one image; header is the input image's header (copied unchanged)."""
+    return InstanceMaskArray(
+        header=header,
+        width=int(width),
+        height=int(height),
+        instances=[instance_to_msg(instance) for instance in result.instances],
+        segments=[segment_to_msg(segment) for segment in result.segments],
+    )
+
+
+def panoptic_image(result: FrameResult, header: Header, encoding: str = "32SC1") -> Image:
+    """Panoptic id image (values = PanopticSegment.id, 0 = void) as 32SC1 or mono16."""
+    if encoding not in PANOPTIC_ENCODINGS:
+        raise ValueError(f"panoptic encoding must be one of {PANOPTIC_ENCODINGS}, got {encoding!r}")
+    ids = np.asarray(result.panoptic)
+    if encoding == "mono16":
+        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max):
+            raise ValueError(f"panoptic ids {ids.min()}..{ids.max()} do not fit mono16; use 32SC1")
+        return array_to_image(ids.astype(np.uint16), "mono16", header)
+    return array_to_image(ids.astype(np.int32), "32SC1", header)
+
+
+def semantic_image(result: FrameResult, header: Header) -> Image:
+    """Semantic label image, mono16: class id per pixel, 65535 where no class applies."""
+    return array_to_image(np.asarray(result.semantic).astype(np.uint16), SEMANTIC_ENCODING, header)
+
+
+@lru_cache(maxsize=1024)
+def instance_color(key: int) -> tuple[int, int, int]:
+    """A bright RGB colour for an id; consecutive ids get well separated hues (golden-ratio steps)."""
+    hue = (key * 0.618033988749895) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.8, 1.0)
+    return int(red * 255), int(green * 255), int(blue * 255)
+
+
+def render_overlay(
+    rgb: np.ndarray, instances: Sequence[InstanceResult], alpha: float = 0.5, draw_labels: bool = True
+) -> np.ndarray:
+    """rgb (H, W, 3) uint8 with each instance tinted, outlined and labelled; colour keyed by track id
+    (or instance id when untracked). Returns a new (H, W, 3) uint8 array."""
+    canvas = np.array(rgb, dtype=np.uint8, copy=True, order="C")
+    labels = []
+    for instance in sorted(instances, key=lambda inst: inst.score):
+        x0, y0, x1, y1 = (int(v) for v in instance.bbox)
+        if x1 < x0 or y1 < y0:
+            continue
+        color = instance_color(instance.track_id or instance.instance_id)
+        crop = np.ascontiguousarray(instance.mask[y0 : y1 + 1, x0 : x1 + 1], dtype=np.uint8)
+        region = canvas[y0 : y1 + 1, x0 : x1 + 1]
+        selected = crop.astype(bool)
+        region[selected] = (region[selected] * (1.0 - alpha) + np.array(color) * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(crop, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
+        cv2.drawContours(canvas, contours, -1, color, 2, cv2.LINE_AA)
+        text = f"{instance.label} {instance.score:.2f}"
+        if instance.track_id:
+            text = f"#{instance.track_id} {text}"
+        labels.append((text, x0, y0, color))
+    if draw_labels:
+        for text, x0, y0, color in labels:
+            _draw_label(canvas, text, x0, y0, color)
+    return canvas
+
+
+def _draw_label(canvas: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int]) -> None:
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1
+    (text_width, text_height), baseline = cv2.getTextSize(text, font, scale, thickness)
+    top = max(y - text_height - baseline - 2, 0)
+    cv2.rectangle(
+        canvas, (x, top), (x + text_width + 2, top + text_height + baseline + 2), (0, 0, 0), cv2.FILLED
+    )
+    cv2.putText(canvas, text, (x + 1, top + text_height + 1), font, scale, color, thickness, cv2.LINE_AA)
+
+
+def overlay_image(
+    rgb: np.ndarray, result: FrameResult, header: Header, alpha: float = 0.5, draw_labels: bool = True
+) -> Image:
+    """rgb8 Image of render_overlay(rgb, result.instances)."""
+    return array_to_image(render_overlay(rgb, result.instances, alpha, draw_labels), "rgb8", header)
+
+
+@dataclass(frozen=True)
+class PromptCommand:
+    """A parsed message of the `prompt` topic. kind: "clear", "vocabulary", "box" or "text"."""
+
+    kind: str
+    text: str = ""
+    names: tuple[str, ...] = ()
+    thing_names: tuple[str, ...] = ()
+    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def describe(self) -> str:
+        if self.kind == "vocabulary":
+            return f"vocabulary {', '.join(self.names)} (things: {', '.join(self.thing_names) or 'all'})"
+        if self.kind == "box":
+            return f"box {self.box}"
+        return self.kind if self.kind == "clear" else f"text {self.text!r}"
+
+
+def parse_prompt(text: str) -> PromptCommand:
+    """Parse the `prompt` topic's small grammar (keywords are case-insensitive):
+
+    "clear"                                forget all prompts
+    "vocabulary: cup, person; stuff: wall" new vocabulary: the names before ';' are things, those after
+                                           "stuff:" are stuff; without "; stuff:" all names are things
+    "box: x0, y0, x1, y1"                  box prompt, pixels, top-left and bottom-right corners
+    anything else                          text prompt ("the red cup on the left")
+    """
+    stripped = text.strip()
+    keyword, _, rest = stripped.partition(":")
+    keyword = keyword.strip().lower()
+    if not stripped:
+        raise ValueError("empty prompt; send 'clear' to forget prompts")
+    if stripped.lower() == "clear":
+        return PromptCommand("clear")
+    if keyword == "vocabulary":
+        things_part, _, stuff_part = rest.partition(";")
+        things = _split_names(things_part)
+        stuff_keyword, _, stuff_names = stuff_part.partition(":")
+        if stuff_part.strip() and stuff_keyword.strip().lower() != "stuff":
+            raise ValueError(f"expected '; stuff: a, b' after the thing names, got {stuff_part.strip()!r}")
+        stuff = _split_names(stuff_names)
+        if not things and not stuff:
+            raise ValueError("vocabulary needs at least one name: 'vocabulary: cup, person; stuff: wall'")
+        return PromptCommand("vocabulary", names=things + stuff, thing_names=things if stuff else ())
+    if keyword == "box":
+        try:
+            x0, y0, x1, y1 = (float(value) for value in rest.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"box needs four numbers 'box: x0, y0, x1, y1', got {rest.strip()!r}") from None
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box corners must be top-left then bottom-right, got {(x0, y0, x1, y1)}")
+        return PromptCommand("box", box=(x0, y0, x1, y1))
+    return PromptCommand("text", text=stripped)
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def project_point(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
+    """Pixel (u, v) of a point (x, y, z) in the camera optical frame (metres, z forward), through the
+    intrinsics K and the plumb_bob / rational_polynomial distortion D of `info`. Raises ValueError if the
+    point is behind the camera, the calibration is missing, or the pixel falls outside the image."""
+    if z <= 0.0:
+        raise ValueError(f"point ({x:.3f}, {y:.3f}, {z:.3f}) is not in front of the camera (z must be > 0)")
+    camera_matrix = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if camera_matrix[0, 0] <= 0.0 or camera_matrix[1, 1] <= 0.0:
+        raise ValueError("camera_info has no calibration (K is zero)")
+    distortion = np.asarray(info.d, dtype=np.float64)
+    if info.distortion_model not in ("plumb_bob", "rational_polynomial") or not distortion.any():
+        distortion = np.zeros(5)
+    pixels, _ = cv2.projectPoints(
+        np.array([[x, y, z]], dtype=np.float64), np.zeros(3), np.zeros(3), camera_matrix, distortion
+    )
+    u, v = (float(value) for value in pixels.reshape(2))
+    if not (0.0 <= u < info.width and 0.0 <= v < info.height):
+        raise ValueError(
+            f"point projects to pixel ({u:.1f}, {v:.1f}), outside the {info.width} x {info.height} image"
+        )
+    return u, v
