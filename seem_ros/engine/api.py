@@ -31,6 +31,11 @@ class SegmenterConfig:
     overlap_threshold: minimum fraction in (0, 1] of a mask that must stay visible after overlaps are
         resolved for a panoptic segment to be kept.
     max_instances: most instances reported per image (highest scores first).
+    short_side: model input size: the shorter image side is resized to this many pixels.
+    precision: "fp32", or "fp16" (autocast; CUDA only).
+    panoptic: segment every frame over the vocabulary even while targets are tracked.
+    max_tracks, track_min_score, max_lost_frames: tracking limits (see `seem_ros.engine.tracker.Tracker`).
+    max_image_pixels: larger input images are refused.
     """
 
     preset: str
@@ -44,6 +49,13 @@ class SegmenterConfig:
     mask_threshold: float = 0.5
     overlap_threshold: float = 0.8
     max_instances: int = 100
+    short_side: int = 512
+    precision: str = "fp32"
+    panoptic: bool = True
+    max_tracks: int = 8
+    track_min_score: float = 0.3
+    max_lost_frames: int = 30
+    max_image_pixels: int = 16_777_216
 
 
 @runtime_checkable

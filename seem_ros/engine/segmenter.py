@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt
 from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
@@ -78,8 +79,10 @@ class SeemSegmenter:
         generic: bool = True,
         max_instances: int = 100,
         description: dict[str, str] | None = None,
+        max_image_pixels: int | None = None,
     ) -> None:
         self.predictor = predictor
+        self.max_image_pixels = max_image_pixels
         self.tracker = tracker
         self.generic = generic
         self.max_instances = max_instances
@@ -143,10 +146,7 @@ class SeemSegmenter:
         """Forget the memory of every track (masks, anchors); each target restarts from its prompt."""
         with self._lock:
             for track in self.tracker:
-                track.mask = None
-                track.mask_logits = None
-                track.anchor = track.origin
-                track.lost_frames = 0
+                self.tracker.restart(track)
 
     def set_vocabulary(self, names: Sequence[str], thing_names: Sequence[str]) -> None:
         vocabulary = Vocabulary.from_names(names, thing_names)
@@ -163,9 +163,11 @@ class SeemSegmenter:
 
     # ------------------------------------------------------------------ frames
     def process(self, rgb: np.ndarray) -> FrameResult:
+        validate_rgb(rgb, self.max_image_pixels)
         with self._lock:
             self.predictor.set_image(rgb)
             self._image_size = rgb.shape[:2]
+            self.tracker.prepare(self._image_size)
             tracks = list(self.tracker)
             generic = self.generic or not tracks
             prediction = self.tracker.step(self.predictor, generic=generic)
@@ -237,15 +239,22 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         ClipTokenizer(),
         vocabulary,
         device=device,
-        short_side=getattr(config, "short_side", 512),
-        half_precision=getattr(config, "precision", "fp32") == "fp16",
+        short_side=config.short_side,
+        half_precision=config.precision == "fp16",
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
     )
     tracker = Tracker(
-        max_tracks=getattr(config, "max_tracks", 8),
-        min_score=getattr(config, "track_min_score", 0.3),
-        max_lost_frames=getattr(config, "max_lost_frames", 30),
+        max_tracks=config.max_tracks,
+        min_score=config.track_min_score,
+        max_lost_frames=config.max_lost_frames,
     )
     weights = "random (meaningless outputs)" if config.random_weights else (config.checkpoint or "default")
     description = {"model": config.preset, "weights": weights, "backend": config.backend}
-    return SeemSegmenter(predictor, tracker, max_instances=config.max_instances, description=description)
+    return SeemSegmenter(
+        predictor,
+        tracker,
+        generic=config.panoptic,
+        max_instances=config.max_instances,
+        description=description,
+        max_image_pixels=config.max_image_pixels,
+    )

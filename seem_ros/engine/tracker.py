@@ -27,7 +27,7 @@ import numpy as np
 from torch import Tensor
 
 from seem_ros.engine.predictor import Prediction, SeemPredictor
-from seem_ros.engine.prompts import ClickPrompt, Target, VisualPrompt
+from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, ScribblePrompt, Target, VisualPrompt
 
 
 @dataclass
@@ -80,6 +80,23 @@ def interior_point(mask: np.ndarray) -> tuple[int, int] | None:
     distance = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(distance.argmax()), distance.shape)
     return int(x), int(y)
+
+
+def fits_image(target: Target, size: tuple[int, int]) -> bool:
+    """Whether a target's visual prompts lie inside an image of size (H, W): points within it, masks of its
+    size. Prompts made for another image size (or before the first frame) may not."""
+    height, width = size
+    points: list[tuple[float, float]] = []
+    for prompt in target.visual:
+        if isinstance(prompt, ClickPrompt):
+            points.append((prompt.x, prompt.y))
+        elif isinstance(prompt, BoxPrompt):
+            points += [(prompt.x_min, prompt.y_min), (prompt.x_max, prompt.y_max)]
+        elif isinstance(prompt, ScribblePrompt):
+            points += list(prompt.points)
+        elif isinstance(prompt, MaskPrompt) and prompt.mask.shape != (height, width):
+            return False
+    return all(0 <= x < width and 0 <= y < height for x, y in points)
 
 
 class Tracker:
@@ -155,9 +172,30 @@ class Tracker:
 
     def remove(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
+        self._pending_events = [event for event in self._pending_events if event.track_id != track_id]
 
     def clear(self) -> None:
         self._tracks.clear()
+        self._pending_events.clear()
+
+    @staticmethod
+    def restart(track: Track) -> None:
+        """Forget a track's memory (mask, logits, anchor): it restarts from its prompt."""
+        track.mask = None
+        track.mask_logits = None
+        track.anchor = track.origin
+        track.lost_frames = 0
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        """Make the tracks fit the next image of size (H, W): a track whose memory comes from another
+        image size restarts from its prompt, and a track whose prompts lie outside the image is dropped
+        (otherwise one bad prompt would fail every later frame)."""
+        for track in list(self._tracks.values()):
+            if track.mask is not None and track.mask.shape != size:
+                self.restart(track)
+            if not fits_image(self._frame_target(track), size):
+                self._pending_events.append(TrackEvent(track.track_id, "dropped"))
+                del self._tracks[track.track_id]
 
     @staticmethod
     def _frame_target(track: Track) -> Target:
@@ -172,9 +210,11 @@ class Tracker:
     def step(self, predictor: SeemPredictor, generic: bool = False) -> Prediction:
         """Decode every track on the predictor's current image (one decoder pass) and update them.
 
-        Returns the prediction; `prediction.targets[i]` belongs to the i-th track in iteration order.
-        Afterwards `events` lists what happened since the previous step.
+        Returns the prediction; `prediction.targets[i]` belongs to the i-th track in iteration order
+        after `prepare` (call it first to know that order). Afterwards `events` lists what happened since
+        the previous step.
         """
+        self.prepare(predictor.encoded.original_size)
         self.events, self._pending_events = self._pending_events, []
         tracks = list(self._tracks.values())
         targets = [self._frame_target(track) for track in tracks]

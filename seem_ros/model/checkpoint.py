@@ -51,7 +51,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"checkpoint {path} was refused: it needs to run pickled code to load ({_first_line(error)}). "
-            "Only plain tensor checkpoints are accepted; convert trusted files with `seem-ros convert`"
+            "Only plain tensor checkpoints are accepted: re-save a trusted file as a plain state dict "
+            "(torch.save(model.state_dict(), path)) or as safetensors"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, SafetensorError, zipfile.BadZipFile) as error:
         raise CheckpointError(
@@ -125,6 +126,14 @@ def load_weights(
     problem = describe_mismatch(shapes, state)
     if problem is not None:
         if not any(key in state for key in SEEM_MARKER_KEYS):
+            prefixed = [
+                prefix for prefix in ("model.", "module.") if f"{prefix}{SEEM_MARKER_KEYS[0]}" in state
+            ]
+            if prefixed:
+                raise CheckpointError(
+                    f"the checkpoint's keys start with {prefixed[0]!r}; official SEEM checkpoints have no "
+                    "prefix: strip it from every key and save the file again"
+                )
             raise CheckpointError(f"the file is not a SEEM v1 checkpoint (no SEEM decoder keys); {problem}")
         others = matching_presets(state)
         hint = f"; it matches preset {', '.join(others)}: choose that preset" if others else ""

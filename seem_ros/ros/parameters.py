@@ -121,9 +121,41 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         float_range=(0.0, 1.0),
     ),
     ParameterSpec("max_instances", 100, "Most instances reported per image.", int_range=(1, 1000)),
+    ParameterSpec(
+        "short_side",
+        512,
+        "Model input: images are resized so their shorter side has this many pixels.",
+        int_range=(64, 2048),
+    ),
+    ParameterSpec(
+        "precision", "fp32", "fp32, or fp16 (autocast, CUDA devices only).", choices=("fp32", "fp16")
+    ),
+    ParameterSpec(
+        "panoptic", True, "Segment every frame over the vocabulary, also while targets are tracked."
+    ),
+    # Tracking
+    ParameterSpec("max_tracks", 8, "Most targets tracked at once.", int_range=(1, 64)),
+    ParameterSpec(
+        "track_min_score",
+        0.3,
+        "A target whose mask score is below this on a frame is lost for that frame.",
+        float_range=(0.0, 0.99),
+    ),
+    ParameterSpec(
+        "max_lost_frames", 30, "A target lost for more consecutive frames is dropped.", int_range=(0, 100000)
+    ),
     # Input
     ParameterSpec(
         "compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."
+    ),
+    ParameterSpec(
+        "max_rate",
+        0.0,
+        "Most frames processed per second; 0 = as fast as the model runs.",
+        float_range=(0.0, 1000.0),
+    ),
+    ParameterSpec(
+        "max_image_pixels", 16_777_216, "Larger images are refused with a log line.", int_range=(64, 1 << 28)
     ),
     ParameterSpec(
         "max_image_age",
@@ -139,6 +171,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "overlay_alpha", 0.5, "Opacity of the instance colours in overlay.", float_range=(0.0, 1.0)
     ),
     ParameterSpec("overlay_labels", True, "Draw class label and score of each instance in overlay."),
+    ParameterSpec("publish_overlay", True, "Publish the colour overlay image (overlay)."),
+    ParameterSpec("publish_panoptic", True, "Publish the panoptic id image (panoptic)."),
+    ParameterSpec("publish_semantic", True, "Publish the semantic label image (semantic)."),
     ParameterSpec(
         "diagnostics_period", 1.0, "Seconds between diagnostics messages.", float_range=(0.1, 60.0)
     ),
@@ -166,11 +201,22 @@ class NodeSettings:
     mask_threshold: float
     overlap_threshold: float
     max_instances: int
+    short_side: int
+    precision: str
+    panoptic: bool
+    max_tracks: int
+    track_min_score: float
+    max_lost_frames: int
     compressed: bool
+    max_rate: float
+    max_image_pixels: int
     max_image_age: float
     panoptic_encoding: str
     overlay_alpha: float
     overlay_labels: bool
+    publish_overlay: bool
+    publish_panoptic: bool
+    publish_semantic: bool
     diagnostics_period: float
     error_log_period: float
 
@@ -187,6 +233,13 @@ class NodeSettings:
             mask_threshold=self.mask_threshold,
             overlap_threshold=self.overlap_threshold,
             max_instances=self.max_instances,
+            short_side=self.short_side,
+            precision=self.precision,
+            panoptic=self.panoptic,
+            max_tracks=self.max_tracks,
+            track_min_score=self.track_min_score,
+            max_lost_frames=self.max_lost_frames,
+            max_image_pixels=self.max_image_pixels,
         )
 
 

@@ -118,6 +118,7 @@ class SeemNode(Node):
         self._description = {key: str(value) for key, value in segmenter.describe().items()}
         self._counters = FrameCounters()
         self._latest = LatestFrame(self._counters)
+        self._last_start = 0.0
         self._camera_info: CameraInfo | None = None
         self._last_inference_error = ""
         self._reported = FrameCounters()
@@ -189,9 +190,14 @@ class SeemNode(Node):
 
     # Inference
     def _process_latest(self) -> None:
+        if self.settings.max_rate > 0.0:
+            wait = self._last_start + 1.0 / self.settings.max_rate - time.monotonic()
+            if wait > 0.0:
+                time.sleep(wait)
         frame = self._latest.take()
         if frame is None:
             return
+        self._last_start = time.monotonic()
         if self._is_stale(frame.header):
             self._counters.dropped_stale += 1
             return
@@ -230,11 +236,19 @@ class SeemNode(Node):
     def _publish(self, result: FrameResult, rgb: np.ndarray, header: Header) -> None:
         height, width = rgb.shape[:2]
         self._instances_pub.publish(frame_result_to_msg(result, header, width, height))
-        if self._panoptic_pub.get_subscription_count() > 0 and result.panoptic.size:
+        if (
+            self.settings.publish_panoptic
+            and self._panoptic_pub.get_subscription_count() > 0
+            and result.panoptic.size
+        ):
             self._panoptic_pub.publish(panoptic_image(result, header, self.settings.panoptic_encoding))
-        if self._semantic_pub.get_subscription_count() > 0 and result.semantic.size:
+        if (
+            self.settings.publish_semantic
+            and self._semantic_pub.get_subscription_count() > 0
+            and result.semantic.size
+        ):
             self._semantic_pub.publish(semantic_image(result, header))
-        if self._overlay_pub.get_subscription_count() > 0:
+        if self.settings.publish_overlay and self._overlay_pub.get_subscription_count() > 0:
             self._overlay_pub.publish(
                 overlay_image(rgb, result, header, self.settings.overlay_alpha, self.settings.overlay_labels)
             )
