@@ -5,6 +5,11 @@ Subcommands:
   v1 code (see `seem_ros.parity`); prints one row per tensor and exits 1 if any is out of tolerance.
 - `seem-ros convert SRC DST.safetensors`: rewrite a `.pt`/`.pth` checkpoint as safetensors, without running
   any pickled code.
+- `seem-ros segment IMAGE [--text T] [--point X,Y[,neg]] [--box X0,Y0,X1,Y1] [--scribble X,Y;X,Y]
+  [--vocab a,b,c] [--checkpoint CKPT | --random-weights] --out OUT.png [--json [OUT.json]]`: segment one
+  image by its prompts (everything over the vocabulary when there is none).
+- `seem-ros track VIDEO|DIR [prompts as for segment] --out OUT.mp4|DIR [--json OUT.json]`: track the
+  prompted targets through a video or an image folder with SEEM's memory prompts.
 
 Each subcommand is one `_add_<name>` function that declares its arguments and its handler; `SUBCOMMANDS`
 registers them. A handler takes the parsed arguments and returns the exit status.
@@ -82,7 +87,173 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_convert_command)
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_parity, _add_convert)
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="focalt_v1", help="model preset (default focalt_v1)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", default="", help="SEEM v1 checkpoint (.pt or .safetensors)")
+    weights.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="seeded random weights: runs the pipeline, meaningless masks",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--short-side", type=int, default=512, help="model input shorter side, pixels")
+    parser.add_argument("--vocab", help="comma-separated class names (default: COCO panoptic)")
+    parser.add_argument("--threshold", type=float, default=0.8, help="panoptic class-probability threshold")
+
+
+def _add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", action="append", default=[], help="referring text; repeat for more targets")
+    parser.add_argument("--point", action="append", default=[], help="click X,Y or X,Y,neg (repeatable)")
+    parser.add_argument("--box", action="append", default=[], help="box X0,Y0,X1,Y1 (repeatable)")
+    parser.add_argument("--scribble", action="append", default=[], help="polyline X,Y;X,Y;... (repeatable)")
+
+
+def _prompt_spec(args: argparse.Namespace):  # noqa: ANN202 - PromptSpec, imported lazily
+    from seem_ros.engine.offline import PromptSpec, parse_box, parse_point, parse_scribble
+
+    return PromptSpec(
+        texts=list(args.text),
+        clicks=[parse_point(text) for text in args.point],
+        boxes=[parse_box(text) for text in args.box],
+        scribbles=[parse_scribble(text) for text in args.scribble],
+    )
+
+
+def _segmenter_config(args: argparse.Namespace):  # noqa: ANN202 - SegmenterConfig, imported lazily
+    from seem_ros.engine.api import SegmenterConfig
+    from seem_ros.engine.offline import vocabulary_from_argument
+
+    return SegmenterConfig(
+        preset=args.preset,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        random_weights=args.random_weights,
+        vocabulary=tuple(vocabulary_from_argument(args.vocab)),
+        score_threshold=args.threshold,
+        short_side=args.short_side,
+    )
+
+
+def _json_path(args: argparse.Namespace) -> Path | None:
+    if args.json is None:
+        return None
+    return Path(args.out).with_suffix(".json") if args.json == "" else Path(args.json)
+
+
+def _run_segment_command(args: argparse.Namespace) -> int:
+    from seem_ros.engine.offline import instance_record, read_rgb, write_json, write_rgb
+    from seem_ros.engine.segmenter import build_segmenter
+    from seem_ros.engine.visualize import render_overlay
+
+    try:
+        spec = _prompt_spec(args)
+        targets = spec.targets()
+        rgb = read_rgb(args.image)
+        segmenter = build_segmenter(_segmenter_config(args))
+        segmenter.expect_image_size(*rgb.shape[:2])
+        if targets:
+            segmenter.generic = False
+        for target in targets:
+            segmenter.add_target(target)
+        result = segmenter.process(rgb)
+    except (ValueError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    write_rgb(args.out, render_overlay(rgb, result.instances))
+    records = [instance_record(instance) for instance in result.instances]
+    weights = "RANDOM WEIGHTS (meaningless masks)" if args.random_weights else segmenter.describe()["weights"]
+    total = sum(result.timings.values())
+    print(f"{args.image}: {len(records)} masks in {total:.2f} s ({weights}); overlay {args.out}")
+    for record in records:
+        print(
+            f"  #{record['id']} {record['label']} score {record['score']:.2f} bbox {record['bbox']} "
+            f"area {record['area']} ({record['prompt']})"
+        )
+    json_path = _json_path(args)
+    if json_path is not None:
+        write_json(json_path, {"image": str(args.image), "weights": weights, "masks": records})
+    return EXIT_OK
+
+
+def _add_segment(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment one image by text, clicks, boxes or scribbles",
+        description="Segment IMAGE. Each --text is one target; clicks, boxes and scribbles form one more "
+        "target (joined with the text when exactly one --text is given). With no prompt, the image is "
+        "segmented panoptically over the vocabulary.",
+    )
+    parser.add_argument("image", help="image file")
+    _add_prompt_arguments(parser)
+    _add_model_arguments(parser)
+    parser.add_argument("--out", required=True, help="annotated image to write (.png)")
+    parser.add_argument("--json", nargs="?", const="", help="also write the masks as JSON (default OUT.json)")
+    parser.set_defaults(handler=_run_segment_command)
+
+
+def _run_track_command(args: argparse.Namespace) -> int:
+    from seem_ros.engine.offline import FrameWriter, frames_of, instance_record, write_json
+    from seem_ros.engine.segmenter import build_segmenter
+    from seem_ros.engine.visualize import render_overlay
+
+    try:
+        targets = _prompt_spec(args).targets()
+        if not targets:
+            raise ValueError("give at least one --text, --point, --box or --scribble to track")
+        segmenter = build_segmenter(_segmenter_config(args))
+        segmenter.generic = False
+        for target in targets:
+            segmenter.add_target(target)
+        writer = FrameWriter(args.out, fps=args.fps)
+        frames = []
+        try:
+            for index, rgb in enumerate(frames_of(args.source, args.max_frames, args.stride)):
+                result = segmenter.process(rgb)
+                writer.write(render_overlay(rgb, result.instances))
+                tracks = [instance_record(instance) for instance in result.instances if instance.track_id]
+                frames.append({"frame": index, "tracks": tracks})
+                summary = ", ".join(f"#{t['track_id']} {t['label']} {t['score']:.2f}" for t in tracks) or "-"
+                print(f"frame {index:4d} {sum(result.timings.values()):6.2f} s  {summary}")
+        finally:
+            writer.close()
+    except (ValueError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not frames:
+        print(f"error: no frames could be read from {args.source}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{len(frames)} frames tracked; annotated output {args.out}")
+    json_path = _json_path(args)
+    if json_path is not None:
+        write_json(json_path, {"source": str(args.source), "frames": frames})
+    return EXIT_OK
+
+
+def _add_track(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "track",
+        help="track prompted targets through a video or an image folder",
+        description="Prompts apply to the first frame; each target keeps a stable track id while SEEM's "
+        "memory prompt follows it from frame to frame.",
+    )
+    parser.add_argument("source", help="video file or folder of images (sorted by name)")
+    _add_prompt_arguments(parser)
+    _add_model_arguments(parser)
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    parser.add_argument("--stride", type=int, default=1, help="use every Nth frame")
+    parser.add_argument("--fps", type=float, default=10.0, help="frame rate of a written video")
+    parser.add_argument("--out", required=True, help="annotated video (.mp4/.avi) or folder for PNG frames")
+    parser.add_argument("--json", nargs="?", const="", help="also write the tracks per frame as JSON")
+    parser.set_defaults(handler=_run_track_command)
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_parity,
+    _add_convert,
+    _add_segment,
+    _add_track,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt
 from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
-from seem_ros.engine.tracker import Tracker
+from seem_ros.engine.tracker import Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
@@ -134,7 +134,17 @@ class SeemSegmenter:
         with self._lock:
             self.tracker.add(Target(visual=(prompt,)))
 
+    def expect_image_size(self, height: int, width: int) -> None:
+        """Declare the size of the coming images, so prompts are checked against it when added."""
+        self._image_size = (height, width)
+
     def add_target(self, target: Target) -> int:
+        """Track any target (e.g. text + clicks, or a referring image); returns its track id."""
+        if self._image_size is not None and not fits_image(target, self._image_size):
+            height, width = self._image_size
+            raise ValueError(
+                f"the target's prompts lie outside the {width}x{height} image or do not match its size"
+            )
         with self._lock:
             return self.tracker.add(target)
 
