@@ -1,7 +1,12 @@
 """Launch seem_node on a camera, optionally with RViz and the speech prompt node.
 
   ros2 launch seem_ros seem.launch.py camera_topic:=/camera/color/image_raw device:=cuda rviz:=true
+  ros2 launch seem_ros seem.launch.py camera_topic:=/camera/color/image_raw \
+      depth_topic:=/camera/aligned_depth_to_color/image_raw params_file:=/robot/seem.yaml \
+      speech:=true speech_params_file:=/robot/seem_speech.yaml
 
+Every node gets its parameters file (seem_node: params_file, default config/seem.yaml of the package;
+seem_speech_node: speech_params_file, default none) and then the launch arguments that override it.
 The choice of nodes, parameters and remappings lives in seem_ros.launch_logic (tested without launch).
 """
 

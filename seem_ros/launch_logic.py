@@ -31,6 +31,12 @@ LAUNCH_ARGUMENTS: tuple[ArgumentSpec, ...] = (
         "sensor_msgs/Image topic to segment (camera_info is its sibling).",
     ),
     ArgumentSpec("compressed", "false", "Subscribe to <camera_topic>/compressed instead.", ("true", "false")),
+    ArgumentSpec(
+        "depth_topic",
+        "",
+        "Depth image aligned to the colour image (16UC1 mm or 32FC1 m; camera_info is its sibling): "
+        "instances get 3-D centroids and extents. Empty = no depth.",
+    ),
     ArgumentSpec("preset", "", "Model preset; empty = the value in params_file."),
     ArgumentSpec("checkpoint", "", "Checkpoint file; empty = the value in params_file."),
     ArgumentSpec("device", "", "auto, cpu, cuda or cuda:N; empty = the value in params_file."),
@@ -38,6 +44,9 @@ LAUNCH_ARGUMENTS: tuple[ArgumentSpec, ...] = (
     ArgumentSpec("rviz", "false", "Start RViz with config/seem.rviz.", ("true", "false")),
     ArgumentSpec(
         "speech", "false", "Start seem_speech_node, which turns speech into prompts.", ("true", "false")
+    ),
+    ArgumentSpec(
+        "speech_params_file", "", "Parameters of seem_speech_node; empty = its defaults (Whisper base)."
     ),
 )
 
@@ -48,12 +57,14 @@ class LaunchArguments:
 
     camera_topic: str = "/camera/image_raw"
     compressed: bool = False
+    depth_topic: str = ""
     preset: str = ""
     checkpoint: str = ""
     device: str = ""
     params_file: str = ""
     rviz: bool = False
     speech: bool = False
+    speech_params_file: str = ""
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> LaunchArguments:
@@ -73,12 +84,14 @@ class LaunchArguments:
         return cls(
             camera_topic=merged["camera_topic"],
             compressed=merged["compressed"].lower() == "true",
+            depth_topic=merged["depth_topic"],
             preset=merged["preset"],
             checkpoint=merged["checkpoint"],
             device=merged["device"],
             params_file=merged["params_file"],
             rviz=merged["rviz"].lower() == "true",
             speech=merged["speech"].lower() == "true",
+            speech_params_file=merged["speech_params_file"],
         )
 
 
@@ -136,12 +149,21 @@ def _yaml_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def sibling_camera_info(image_topic: str) -> str:
+    """The CameraInfo topic next to an image topic (image_transport's convention)."""
+    parent = PurePosixPath(image_topic).parent
+    return str(parent / "camera_info") if str(parent) not in (".", "") else "camera_info"
+
+
 def camera_remappings(camera_topic: str, compressed: bool) -> tuple[tuple[str, str], ...]:
     """Remap seem_node's inputs to a camera: the image (or its /compressed) and the sibling camera_info."""
-    topic = PurePosixPath(camera_topic)
-    info = str(topic.parent / "camera_info") if str(topic.parent) not in (".", "") else "camera_info"
     image = ("image/compressed", f"{camera_topic}/compressed") if compressed else ("image", camera_topic)
-    return (image, ("camera_info", info))
+    return (image, ("camera_info", sibling_camera_info(camera_topic)))
+
+
+def depth_remappings(depth_topic: str) -> tuple[tuple[str, str], ...]:
+    """Remap seem_node's depth inputs to a depth camera: the image and its sibling camera_info."""
+    return (("depth", depth_topic), ("depth/camera_info", sibling_camera_info(depth_topic)))
 
 
 def plan_nodes(args: LaunchArguments, share_dir: Path) -> list[NodeSpec]:
@@ -153,6 +175,10 @@ def plan_nodes(args: LaunchArguments, share_dir: Path) -> list[NodeSpec]:
         for name, value in (("preset", args.preset), ("checkpoint", args.checkpoint), ("device", args.device))
         if value
     ]
+    remappings = camera_remappings(args.camera_topic, args.compressed)
+    if args.depth_topic:
+        parameters.append(("use_depth", True))
+        remappings += depth_remappings(args.depth_topic)
     nodes = [
         NodeSpec(
             package=PACKAGE,
@@ -161,7 +187,7 @@ def plan_nodes(args: LaunchArguments, share_dir: Path) -> list[NodeSpec]:
             module="seem_ros.ros.seem_node",
             params_files=(params_file,),
             parameters=tuple(parameters),
-            remappings=camera_remappings(args.camera_topic, args.compressed),
+            remappings=remappings,
         )
     ]
     if args.speech:
@@ -171,6 +197,7 @@ def plan_nodes(args: LaunchArguments, share_dir: Path) -> list[NodeSpec]:
                 executable="seem_speech_node",
                 name="seem_speech_node",
                 module="seem_ros.ros.speech_node",
+                params_files=(args.speech_params_file,) if args.speech_params_file else (),
             )
         )
     if args.rviz:

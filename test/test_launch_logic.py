@@ -14,6 +14,7 @@ from seem_ros.launch_logic import (
     LaunchArguments,
     NodeSpec,
     camera_remappings,
+    depth_remappings,
     format_parameter_value,
     plan_nodes,
 )
@@ -50,10 +51,33 @@ def test_custom_params_file():
 def test_optional_nodes():
     nodes = plan_nodes(LaunchArguments(rviz=True, speech=True), SHARE)
     assert [node.executable for node in nodes] == ["seem_node", "seem_speech_node", "rviz2"]
+    assert nodes[1].params_files == ()
     rviz = nodes[2]
     assert rviz.package == "rviz2"
     assert rviz.module is None
     assert rviz.arguments == ("-d", str(SHARE / "config" / "seem.rviz"))
+
+
+def test_params_files_reach_both_nodes():
+    args = LaunchArguments(
+        params_file="/robot/seem.yaml", speech=True, speech_params_file="/robot/speech.yaml"
+    )
+    seem_node, speech_node = plan_nodes(args, SHARE)
+    assert seem_node.params_files == ("/robot/seem.yaml",)
+    assert speech_node.params_files == ("/robot/speech.yaml",)
+    assert speech_node.ros_arguments()[3:] == ["--params-file", "/robot/speech.yaml"]
+
+
+def test_depth_topic_enables_depth_and_remaps_it():
+    (node,) = plan_nodes(LaunchArguments(depth_topic="/camera/aligned_depth_to_color/image_raw"), SHARE)
+    assert dict(node.parameters) == {"compressed": False, "use_depth": True}
+    assert node.remappings == (
+        ("image", "/camera/image_raw"),
+        ("camera_info", "/camera/camera_info"),
+        ("depth", "/camera/aligned_depth_to_color/image_raw"),
+        ("depth/camera_info", "/camera/aligned_depth_to_color/camera_info"),
+    )
+    assert depth_remappings("depth") == (("depth", "depth"), ("depth/camera_info", "camera_info"))
 
 
 @pytest.mark.parametrize(
@@ -80,6 +104,8 @@ def test_camera_remappings(topic: str, compressed: bool, expected: tuple):
 def test_from_strings():
     args = LaunchArguments.from_strings({"camera_topic": "/cam/image", "rviz": "True", "device": "cpu"})
     assert args == LaunchArguments(camera_topic="/cam/image", rviz=True, device="cpu")
+    args = LaunchArguments.from_strings({"depth_topic": " /cam/depth ", "speech_params_file": "/s.yaml"})
+    assert args == LaunchArguments(depth_topic="/cam/depth", speech_params_file="/s.yaml")
     assert LaunchArguments.from_strings({}) == LaunchArguments()
     assert (
         LaunchArguments.from_strings({spec.name: spec.default for spec in LAUNCH_ARGUMENTS})
@@ -93,6 +119,7 @@ def test_from_strings():
         ({"rviz": "yes"}, "rviz:='yes' must be one of true, false"),
         ({"camera": "/x"}, "unknown launch arguments \\['camera'\\]"),
         ({"camera_topic": " "}, "camera_topic must not be empty"),
+        ({"speech": "maybe"}, "speech:='maybe' must be one of true, false"),
     ],
 )
 def test_from_strings_errors(values: dict[str, str], message: str):

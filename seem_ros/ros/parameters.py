@@ -163,6 +163,19 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "Drop frames whose header stamp is older than this when inference starts, seconds; 0 = never.",
         float_range=(0.0, 3600.0),
     ),
+    ParameterSpec(
+        "use_depth",
+        False,
+        "Subscribe to depth (16UC1 mm or 32FC1 m, aligned to the colour image) and depth/camera_info; "
+        "instances get a 3-D centroid and extent.",
+    ),
+    ParameterSpec(
+        "depth_max_time_difference",
+        0.05,
+        "Largest stamp difference between a colour image and the depth image used with it, seconds; "
+        "also the longest wait for that depth image.",
+        float_range=(0.0, 1.0),
+    ),
     # Output
     ParameterSpec(
         "panoptic_encoding", "32SC1", "Encoding of the panoptic id image.", choices=("32SC1", "mono16")
@@ -174,6 +187,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("publish_overlay", True, "Publish the colour overlay image (overlay)."),
     ParameterSpec("publish_panoptic", True, "Publish the panoptic id image (panoptic)."),
     ParameterSpec("publish_semantic", True, "Publish the semantic label image (semantic)."),
+    ParameterSpec(
+        "publish_markers", False, "Publish a label and, with depth, a 3-D box per instance (markers)."
+    ),
     ParameterSpec(
         "diagnostics_period", 1.0, "Seconds between diagnostics messages.", float_range=(0.1, 60.0)
     ),
@@ -211,12 +227,15 @@ class NodeSettings:
     max_rate: float
     max_image_pixels: int
     max_image_age: float
+    use_depth: bool
+    depth_max_time_difference: float
     panoptic_encoding: str
     overlay_alpha: float
     overlay_labels: bool
     publish_overlay: bool
     publish_panoptic: bool
     publish_semantic: bool
+    publish_markers: bool
     diagnostics_period: float
     error_log_period: float
 

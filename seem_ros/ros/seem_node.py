@@ -2,18 +2,34 @@
 
 Run: `seem_node --ros-args --params-file config/seem.yaml -r image:=/camera/color/image_raw`
 
-Subscribes (relative names, remap them):
+Subscribes (relative names, remap them; pixels are x = column, y = row of the camera images):
   image            sensor_msgs/Image, sensor-data QoS depth 1 (REP-2003); or, with `compressed: true`,
   image/compressed sensor_msgs/CompressedImage
-  camera_info      sensor_msgs/CameraInfo, to project `clicked_point`
-  prompt           std_msgs/String: "clear" | "vocabulary: a, b; stuff: c, d" | "box: x0, y0, x1, y1" | text
-  clicked_point    geometry_msgs/PointStamped in the camera optical frame (metres), e.g. from RViz
+  camera_info      sensor_msgs/CameraInfo, to project `clicked_point` (and for depth, see below)
+  prompt           std_msgs/String: "clear" | "vocabulary: a, b; stuff: c, d" | "box: x0, y0, x1, y1" | text.
+                   "box: ..." is the way to give a box prompt: top-left and bottom-right corners, pixels.
+  clicked_point    geometry_msgs/PointStamped in the camera optical frame (metres), e.g. RViz "Publish Point",
+                   projected through the CameraInfo; points in other frames are refused (no tf here)
   click_pixel      geometry_msgs/PointStamped with x, y in image pixels; z < 0 marks a negative click
+  scribble         geometry_msgs/PolygonStamped: a stroke through the points' (x, y) pixels, 5 pixels wide
+                   (not closed); z < 0 on the first point marks a negative scribble, which refines the
+                   target under that point (else the newest target)
+  prompt_mask      sensor_msgs/Image mono8 of the camera images' size: its nonzero pixels mark a new target
+  referring_image  sensor_msgs/Image (rgb8, bgr8, mono8, ...) and referring_mask (mono8 of the same size,
+  referring_mask   nonzero = the object): find that object in the camera images. The two are paired by
+                   identical header.stamp, in either order; each pair becomes one target.
+  depth            with `use_depth: true`: sensor_msgs/Image, 16UC1 millimetres or 32FC1 metres, aligned to
+  depth/camera_info  the colour image (same size), and its CameraInfo (until one arrives, camera_info is
+                   used). Each colour image is paired with the depth image nearest in stamp within
+                   `depth_max_time_difference`; without one it gets no 3-D information (no error).
 Publishes (every message stamped with the header of the image it came from):
-  instances        seem_ros/InstanceMaskArray, reliable
+  instances        seem_ros/InstanceMaskArray, reliable; with depth, instances carry has_3d, centroid (median
+                   of the mask's back-projected depth pixels) and extent (5-95 percentile spread), metres
   panoptic         sensor_msgs/Image, segment ids (32SC1 or mono16), only while subscribed
   semantic         sensor_msgs/Image, class ids (mono16, 65535 = none), only while subscribed
   overlay          sensor_msgs/Image rgb8, the input with instances drawn, only while subscribed
+  markers          visualization_msgs/MarkerArray with `publish_markers: true`, only while subscribed: a label
+                   per instance and, with depth, a box (seem_ros.ros.markers)
   /diagnostics     diagnostic_msgs/DiagnosticArray
 Services: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and reset_tracking (std_srvs/Trigger),
   segment_image (seem_ros/SegmentImage).
@@ -32,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import Point, PointStamped, PolygonStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
@@ -41,13 +57,16 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
 from seem_ros.engine.api import FrameSegmenter
+from seem_ros.engine.prompts import ReferringImagePrompt, ScribblePrompt, Target
 from seem_ros.engine.results import FrameResult
 from seem_ros.msg import InstanceMaskArray
 from seem_ros.ros.conversions import (
     compressed_to_rgb,
     frame_result_to_msg,
+    image_to_array,
     image_to_rgb,
     overlay_image,
     panoptic_image,
@@ -55,6 +74,8 @@ from seem_ros.ros.conversions import (
     project_point,
     semantic_image,
 )
+from seem_ros.ros.depth import DepthBuffer, Intrinsics, depth_image_to_metres, object_geometry
+from seem_ros.ros.markers import instance_markers
 from seem_ros.ros.parameters import NodeSettings, ParameterError, declare_and_read
 from seem_ros.srv import SegmentImage, SetVocabulary
 
@@ -67,8 +88,16 @@ IMAGE_QOS = QoSProfile(
     reliability=qos_profile_sensor_data.reliability,
     durability=qos_profile_sensor_data.durability,
 )
+# Depth images are buffered (DepthBuffer) to pair them with colour images by stamp.
+DEPTH_QOS = QoSProfile(
+    history=qos_profile_sensor_data.history,
+    depth=5,
+    reliability=qos_profile_sensor_data.reliability,
+    durability=qos_profile_sensor_data.durability,
+)
 RESULT_QOS = QoSProfile(depth=5)  # reliable, volatile
 COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
+MASK_ENCODINGS = ("mono8", "8UC1")
 
 
 @dataclass
@@ -81,6 +110,7 @@ class FrameCounters:
     dropped_stale: int = 0
     input_errors: int = 0
     inference_errors: int = 0
+    with_depth: int = 0
     last_inference_s: float = 0.0
 
 
@@ -105,6 +135,27 @@ class LatestFrame:
             return frame
 
 
+class StampedPairs:
+    """Pairs messages of two topics (side 0 and 1) that carry identical header stamps, whichever arrives
+    first; keeps the last `capacity` unpaired messages of each side."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self._capacity = capacity
+        self._waiting: tuple[dict[tuple[int, int], Image], dict[tuple[int, int], Image]] = ({}, {})
+
+    def add(self, side: int, msg: Image) -> tuple[Image, Image] | None:
+        """Returns the completed (side 0, side 1) pair, or None while msg waits for its partner."""
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        partner = self._waiting[1 - side].pop(stamp, None)
+        if partner is None:
+            waiting = self._waiting[side]
+            waiting[stamp] = msg
+            while len(waiting) > self._capacity:
+                waiting.pop(next(iter(waiting)))
+            return None
+        return (msg, partner) if side == 0 else (partner, msg)
+
+
 class SeemNode(Node):
     """The SEEM segmentation node. `segmenter` replaces the one built from parameters (embedding, tests)."""
 
@@ -120,6 +171,10 @@ class SeemNode(Node):
         self._latest = LatestFrame(self._counters)
         self._last_start = 0.0
         self._camera_info: CameraInfo | None = None
+        self._depth_info: CameraInfo | None = None
+        self._depth = DepthBuffer()
+        self._image_size: tuple[int, int] | None = None
+        self._references = StampedPairs()
         self._last_inference_error = ""
         self._reported = FrameCounters()
         self._last_error_log: dict[str, float] = {}
@@ -133,6 +188,8 @@ class SeemNode(Node):
         self._panoptic_pub = self.create_publisher(Image, "panoptic", RESULT_QOS)
         self._semantic_pub = self.create_publisher(Image, "semantic", RESULT_QOS)
         self._overlay_pub = self.create_publisher(Image, "overlay", RESULT_QOS)
+        if self.settings.publish_markers:
+            self._markers_pub = self.create_publisher(MarkerArray, "markers", RESULT_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
 
         self._frame_ready = self.create_guard_condition(self._process_latest, callback_group=inference_group)
@@ -149,12 +206,29 @@ class SeemNode(Node):
         self.create_subscription(
             CameraInfo, "camera_info", self._on_camera_info, IMAGE_QOS, callback_group=input_group
         )
+        if self.settings.use_depth:
+            self.create_subscription(Image, "depth", self._depth.put, DEPTH_QOS, callback_group=input_group)
+            self.create_subscription(
+                CameraInfo, "depth/camera_info", self._on_depth_info, IMAGE_QOS, callback_group=input_group
+            )
         self.create_subscription(String, "prompt", self._on_prompt, COMMAND_QOS, callback_group=prompt_group)
         self.create_subscription(
             PointStamped, "clicked_point", self._on_clicked_point, COMMAND_QOS, callback_group=prompt_group
         )
         self.create_subscription(
             PointStamped, "click_pixel", self._on_click_pixel, COMMAND_QOS, callback_group=prompt_group
+        )
+        self.create_subscription(
+            PolygonStamped, "scribble", self._on_scribble, COMMAND_QOS, callback_group=prompt_group
+        )
+        self.create_subscription(
+            Image, "prompt_mask", self._on_prompt_mask, COMMAND_QOS, callback_group=prompt_group
+        )
+        self.create_subscription(
+            Image, "referring_image", self._on_referring_image, COMMAND_QOS, callback_group=prompt_group
+        )
+        self.create_subscription(
+            Image, "referring_mask", self._on_referring_mask, COMMAND_QOS, callback_group=prompt_group
         )
         self.create_service(
             SetVocabulary, "set_vocabulary", self._set_vocabulary, callback_group=service_group
@@ -178,6 +252,9 @@ class SeemNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
+
+    def _on_depth_info(self, msg: CameraInfo) -> None:
+        self._depth_info = msg
 
     def _input_error(self, what: str, reason: str) -> None:
         """Count bad input and log it, at most once per error_log_period for each input (`what`)."""
@@ -206,6 +283,7 @@ class SeemNode(Node):
         except ValueError as error:
             self._input_error(f"image on {self._image_topic}", str(error))
             return
+        self._image_size = rgb.shape[:2]
         result = self._run_segmenter(rgb)
         if result is not None:
             self._publish(result, rgb, frame.header)
@@ -235,7 +313,12 @@ class SeemNode(Node):
 
     def _publish(self, result: FrameResult, rgb: np.ndarray, header: Header) -> None:
         height, width = rgb.shape[:2]
-        self._instances_pub.publish(frame_result_to_msg(result, header, width, height))
+        instances = frame_result_to_msg(result, header, width, height)
+        if self.settings.use_depth:
+            self._add_geometry(instances, result)
+        self._instances_pub.publish(instances)
+        if self.settings.publish_markers and self._markers_pub.get_subscription_count() > 0:
+            self._markers_pub.publish(instance_markers(instances, _intrinsics_or_none(self._camera_info)))
         if (
             self.settings.publish_panoptic
             and self._panoptic_pub.get_subscription_count() > 0
@@ -252,6 +335,41 @@ class SeemNode(Node):
             self._overlay_pub.publish(
                 overlay_image(rgb, result, header, self.settings.overlay_alpha, self.settings.overlay_labels)
             )
+
+    def _add_geometry(self, msg: InstanceMaskArray, result: FrameResult) -> None:
+        """Fill has_3d, centroid and extent of msg.instances from the depth image paired with msg.header."""
+        tolerance = self.settings.depth_max_time_difference
+        depth_msg = self._depth.match(msg.header.stamp, tolerance, wait=tolerance)
+        if depth_msg is None:
+            return
+        info = self._depth_info or self._camera_info
+        try:
+            if info is None:
+                raise ValueError("no CameraInfo on depth/camera_info or camera_info yet")
+            intrinsics = Intrinsics.from_camera_info(info)
+            depth = depth_image_to_metres(depth_msg)
+            if depth.shape != (msg.height, msg.width):
+                raise ValueError(
+                    f"depth image is {depth.shape[1]}x{depth.shape[0]}, the colour image {msg.width}x"
+                    f"{msg.height}: it must be aligned to the colour image"
+                )
+            if info.width and (info.height, info.width) != depth.shape:
+                raise ValueError(
+                    f"CameraInfo is for {info.width}x{info.height} images, the depth image is "
+                    f"{depth.shape[1]}x{depth.shape[0]}"
+                )
+        except ValueError as error:
+            self._input_error("depth", str(error))
+            return
+        self._counters.with_depth += 1
+        for instance_msg, instance in zip(msg.instances, result.instances, strict=True):
+            geometry = object_geometry(instance.mask, depth, intrinsics, bbox=instance.bbox)
+            if geometry is None:
+                continue
+            (cx, cy, cz), (ex, ey, ez) = geometry.centroid, geometry.extent
+            instance_msg.has_3d = True
+            instance_msg.centroid = Point(x=cx, y=cy, z=cz)
+            instance_msg.extent = Vector3(x=ex, y=ey, z=ez)
 
     # Prompts
     def _on_prompt(self, msg: String) -> None:
@@ -301,6 +419,96 @@ class SeemNode(Node):
             self._input_error(source, str(error))
             return
         self.get_logger().info(f"{'positive' if positive else 'negative'} click at ({x:.1f}, {y:.1f})")
+
+    def _on_scribble(self, msg: PolygonStamped) -> None:
+        points = tuple((float(point.x), float(point.y)) for point in msg.polygon.points)
+        positive = not (points and msg.polygon.points[0].z < 0.0)
+        try:
+            scribble = ScribblePrompt(points, positive=positive)
+            self._check_inside(points)
+            with self._segmenter_lock:
+                if positive:
+                    self._add_target(Target(visual=(scribble,)))
+                else:
+                    self._refine_target(scribble, *points[0])
+        except ValueError as error:
+            self._input_error("scribble", str(error))
+            return
+        self.get_logger().info(
+            f"{'positive' if positive else 'negative'} scribble through {len(points)} points from "
+            f"({points[0][0]:.1f}, {points[0][1]:.1f})"
+        )
+
+    def _on_prompt_mask(self, msg: Image) -> None:
+        try:
+            mask = _binary_mask(msg)
+            if self._image_size is None:
+                raise ValueError("no camera image received yet, so the mask size cannot be checked")
+            if mask.shape != self._image_size:
+                raise ValueError(
+                    f"mask is {mask.shape[1]}x{mask.shape[0]}, the camera images are "
+                    f"{self._image_size[1]}x{self._image_size[0]}: it must have their size"
+                )
+            with self._segmenter_lock:
+                self._segmenter.add_mask(mask)
+        except ValueError as error:
+            self._input_error("prompt_mask", str(error))
+            return
+        self.get_logger().info(f"mask prompt of {int(mask.sum())} pixels")
+
+    def _on_referring_image(self, msg: Image) -> None:
+        self._on_reference(self._references.add(0, msg))
+
+    def _on_referring_mask(self, msg: Image) -> None:
+        self._on_reference(self._references.add(1, msg))
+
+    def _on_reference(self, pair: tuple[Image, Image] | None) -> None:
+        if pair is None:
+            return
+        image_msg, mask_msg = pair
+        try:
+            rgb = np.array(image_to_rgb(image_msg), dtype=np.uint8, copy=True)
+            mask = _binary_mask(mask_msg)
+            with self._segmenter_lock:
+                self._add_target(Target(reference=ReferringImagePrompt(rgb, mask)))
+        except ValueError as error:
+            self._input_error("referring_image", str(error))
+            return
+        self.get_logger().info(
+            f"referring image {rgb.shape[1]}x{rgb.shape[0]} with a mask of {int(mask.sum())} pixels"
+        )
+
+    def _check_inside(self, points: tuple[tuple[float, float], ...]) -> None:
+        """Raise ValueError if a pixel lies outside the camera images (not checked before the first one)."""
+        if self._image_size is None:
+            return
+        height, width = self._image_size
+        outside = [(x, y) for x, y in points if not (0.0 <= x < width and 0.0 <= y < height)]
+        if outside:
+            raise ValueError(f"point {outside[0]} is outside the {width}x{height} camera images")
+
+    def _add_target(self, target: Target) -> None:
+        """Track a new target (call with the segmenter lock held)."""
+        add_target = getattr(self._segmenter, "add_target", None)
+        if add_target is None:
+            raise ValueError(
+                f"this segmenter ({type(self._segmenter).__name__}) takes no {target.kind} prompts"
+            )
+        add_target(target)
+
+    def _refine_target(self, prompt: ScribblePrompt, x: float, y: float) -> None:
+        """Add a prompt to the target whose mask holds (x, y), else to the newest target (call with the
+        segmenter lock held)."""
+        tracker = getattr(self._segmenter, "tracker", None)
+        if tracker is None:
+            raise ValueError(f"this segmenter ({type(self._segmenter).__name__}) takes no negative scribbles")
+        track = tracker.track_at(x, y)
+        if track is None:
+            tracks = list(tracker)
+            if not tracks:
+                raise ValueError("a negative scribble needs a target to refine; prompt the object first")
+            track = tracks[-1]
+        tracker.refine(track.track_id, prompt)
 
     # Services
     def _set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response):
@@ -384,11 +592,27 @@ class SeemNode(Node):
             "processed_per_second": f"{(now.processed - last.processed) / period:.2f}",
             "last_inference_ms": f"{now.last_inference_s * 1e3:.1f}",
         }
+        if self.settings.use_depth:
+            values["frames_with_depth"] = now.with_depth
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         self._reported = FrameCounters(**vars(now))
         self._diagnostics_pub.publish(
             DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
         )
+
+
+def _binary_mask(msg: Image) -> np.ndarray:
+    """(H, W) bool: the nonzero pixels of a mono8 mask image."""
+    if msg.encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask encoding must be one of {', '.join(MASK_ENCODINGS)}, got {msg.encoding!r}")
+    return image_to_array(msg) != 0
+
+
+def _intrinsics_or_none(info: CameraInfo | None) -> Intrinsics | None:
+    try:
+        return None if info is None else Intrinsics.from_camera_info(info)
+    except ValueError:
+        return None
 
 
 def _build_segmenter(settings: NodeSettings) -> FrameSegmenter:
