@@ -434,7 +434,14 @@ def test_services(client: Client, coffee: np.ndarray):
     response = client.call(SegmentImage, "/segment_image", SegmentImage.Request(image=image, text="the cup"))
     assert response.success, response.message
     assert response.result.header == image.header
-    assert [(i.prompt_type, i.prompt_text) for i in tracked(response.result)] == [("text", "the cup")]
+    texts = [
+        (i.prompt_type, i.prompt_text, i.track_id)
+        for i in response.result.instances
+        if i.prompt_type == "text"
+    ]
+    assert texts == [("text", "the cup", 0)]  # one-shot: no track is created in the stream
+    results = client.stream(coffee, lambda results: len(results) >= 1)
+    assert not tracked(results[-1])
     bad = Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8))
     response = client.call(SegmentImage, "/segment_image", SegmentImage.Request(image=bad))
     assert not response.success and "cannot segment an image with encoding 'yuv422'" in response.message

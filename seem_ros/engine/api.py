@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from seem_ros.engine.prompts import Target, VisualPrompt
 from seem_ros.engine.results import FrameResult
 
 
@@ -71,11 +72,24 @@ class FrameSegmenter(Protocol):
         ...
 
     def set_text_prompt(self, text: str) -> None:
-        """Segment what `text` refers to ("the red cup"); replaces the previous text prompt."""
+        """Start tracking what `text` refers to ("the red cup"); every text prompt adds a target."""
         ...
 
     def add_click(self, x: float, y: float, positive: bool) -> None:
-        """Add a positive (object) or negative (not object) click at pixel (x, y)."""
+        """Add a positive (object) or negative (not object) click at pixel (x, y): inside a tracked mask it
+        refines that target, a positive click elsewhere starts a new one."""
+        ...
+
+    def add_prompt(self, prompt: VisualPrompt) -> None:
+        """A click or scribble prompt, with the same rules as add_click (its first point decides)."""
+        ...
+
+    def add_target(self, target: Target) -> int:
+        """Track any target (text, visual prompts, referring image, or a combination); returns its id."""
+        ...
+
+    def segment_once(self, rgb: np.ndarray, text: str = "") -> FrameResult:
+        """Segment one image outside the stream (by text, else panoptically) without touching the tracks."""
         ...
 
     def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:

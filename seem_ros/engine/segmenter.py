@@ -15,8 +15,8 @@ import torch
 
 from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.image_transform import validate_rgb
-from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
-from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt
+from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
+from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt, VisualPrompt
 from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.tracker import Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
@@ -103,19 +103,28 @@ class SeemSegmenter:
                 raise ValueError(f"point ({x}, {y}) is outside the {width}x{height} image")
 
     def add_click(self, x: float, y: float, positive: bool) -> None:
-        click = ClickPrompt(float(x), float(y), positive)
-        self._check_point(click.x, click.y)
+        self.add_prompt(ClickPrompt(float(x), float(y), positive))
+
+    def add_prompt(self, prompt: VisualPrompt) -> None:
+        """A click or scribble: inside a tracked mask (at its first point) it refines that target; a
+        negative one elsewhere refines the newest target; a positive one elsewhere starts a new target."""
+        x, y = (prompt.x, prompt.y) if isinstance(prompt, ClickPrompt) else prompt.points[0]
+        positive = getattr(prompt, "positive", True)
+        kind = "click" if isinstance(prompt, ClickPrompt) else "scribble"
+        points = [(x, y)] if isinstance(prompt, ClickPrompt) else list(getattr(prompt, "points", [(x, y)]))
+        for px, py in points:
+            self._check_point(px, py)
         with self._lock:
-            track = self.tracker.track_at(click.x, click.y)
+            track = self.tracker.track_at(x, y)
             if track is None and not positive:
                 tracks = list(self.tracker)
                 if not tracks:
-                    raise ValueError("a negative click needs a target to refine; click on the object first")
+                    raise ValueError(f"a negative {kind} needs a target to refine; prompt the object first")
                 track = tracks[-1]
             if track is not None:
-                self.tracker.refine(track.track_id, click)
+                self.tracker.refine(track.track_id, prompt)
             else:
-                self.tracker.add(Target(visual=(click,)))
+                self.tracker.add(Target(visual=(prompt,)))
 
     def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
         box = BoxPrompt(float(x0), float(y0), float(x1), float(y1))
@@ -179,60 +188,76 @@ class SeemSegmenter:
             self._image_size = rgb.shape[:2]
             self.tracker.prepare(self._image_size)
             tracks = list(self.tracker)
-            generic = self.generic or not tracks
-            prediction = self.tracker.step(self.predictor, generic=generic)
+            prediction = self.tracker.step(self.predictor, generic=self.generic or not tracks)
             instances: list[InstanceResult] = []
             for track, result in zip(tracks, prediction.targets, strict=True):
                 if track.is_lost or self.tracker.get(track.track_id) is None:
                     continue
                 instances.append(
+                    self._instance(len(instances) + 1, track.track_id, track.kind, track.text, result)
+                )
+            return self._frame_result(rgb.shape[:2], instances, prediction)
+
+    def segment_once(self, rgb: np.ndarray, text: str = "") -> FrameResult:
+        """Segment one image outside the stream: by `text` if given, else panoptically. Tracks and their
+        memory are not touched (the next stream frame is encoded anew)."""
+        validate_rgb(rgb, self.max_image_pixels)
+        targets = [Target(text=TextPrompt(text))] if text.strip() else []
+        with self._lock:
+            self.predictor.set_image(rgb)
+            prediction = self.predictor.predict(targets, generic=self.generic or not targets)
+            instances = [
+                self._instance(index + 1, 0, "text", text, result)
+                for index, result in enumerate(prediction.targets)
+            ]
+            return self._frame_result(rgb.shape[:2], instances, prediction)
+
+    @staticmethod
+    def _instance(index: int, track_id: int, kind: str, text: str, result: TargetResult) -> InstanceResult:
+        return InstanceResult(
+            instance_id=index,
+            track_id=track_id,
+            label=text or result.label,
+            class_id=result.class_id,
+            score=result.score,
+            mask=result.mask,
+            bbox=mask_bbox(result.mask),
+            prompt=kind,
+            prompt_text=text,
+        )
+
+    def _frame_result(
+        self, size: tuple[int, int], instances: list[InstanceResult], prediction: Prediction
+    ) -> FrameResult:
+        """Prompted instances, then the panoptic segments as untracked instances (best first)."""
+        panoptic = np.zeros(size, dtype=np.int32)
+        semantic = np.full(size, SEMANTIC_VOID, dtype=np.uint16)
+        segments: list[Segment] = []
+        generic = prediction.generic
+        if generic is not None:
+            panoptic = generic.panoptic
+            labelled = generic.semantic >= 0
+            semantic[labelled] = generic.semantic[labelled]
+            segments = [
+                Segment(item.segment_id, item.class_id, item.label, item.is_thing, item.area, item.score)
+                for item in generic.segments
+            ]
+            ranked = sorted(generic.segments, key=lambda item: item.score, reverse=True)
+            for item in ranked[: max(0, self.max_instances - len(instances))]:
+                mask = panoptic == item.segment_id
+                instances.append(
                     InstanceResult(
                         instance_id=len(instances) + 1,
-                        track_id=track.track_id,
-                        label=track.text or result.label,
-                        class_id=result.class_id,
-                        score=result.score,
-                        mask=result.mask,
-                        bbox=mask_bbox(result.mask),
-                        prompt=track.kind,
-                        prompt_text=track.text,
+                        track_id=0,
+                        label=item.label,
+                        class_id=item.class_id,
+                        score=item.score,
+                        mask=mask,
+                        bbox=mask_bbox(mask),
+                        prompt="panoptic",
                     )
                 )
-            height, width = rgb.shape[:2]
-            panoptic = np.zeros((height, width), dtype=np.int32)
-            semantic = np.full((height, width), SEMANTIC_VOID, dtype=np.uint16)
-            segments: list[Segment] = []
-            if prediction.generic is not None:
-                generic_result = prediction.generic
-                panoptic = generic_result.panoptic
-                semantic[generic_result.semantic >= 0] = generic_result.semantic[generic_result.semantic >= 0]
-                for segment in generic_result.segments:
-                    segments.append(
-                        Segment(
-                            segment.segment_id,
-                            segment.class_id,
-                            segment.label,
-                            segment.is_thing,
-                            segment.area,
-                            segment.score,
-                        )
-                    )
-                ranked = sorted(generic_result.segments, key=lambda s: s.score, reverse=True)
-                for segment in ranked[: max(0, self.max_instances - len(instances))]:
-                    mask = panoptic == segment.segment_id
-                    instances.append(
-                        InstanceResult(
-                            instance_id=len(instances) + 1,
-                            track_id=0,
-                            label=segment.label,
-                            class_id=segment.class_id,
-                            score=segment.score,
-                            mask=mask,
-                            bbox=mask_bbox(mask),
-                            prompt="panoptic",
-                        )
-                    )
-            return FrameResult(instances, panoptic, segments, semantic, prediction.timings)
+        return FrameResult(instances, panoptic, segments, semantic, prediction.timings)
 
 
 def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:

@@ -427,10 +427,7 @@ class SeemNode(Node):
             scribble = ScribblePrompt(points, positive=positive)
             self._check_inside(points)
             with self._segmenter_lock:
-                if positive:
-                    self._add_target(Target(visual=(scribble,)))
-                else:
-                    self._refine_target(scribble, *points[0])
+                self._segmenter.add_prompt(scribble)
         except ValueError as error:
             self._input_error("scribble", str(error))
             return
@@ -489,26 +486,7 @@ class SeemNode(Node):
 
     def _add_target(self, target: Target) -> None:
         """Track a new target (call with the segmenter lock held)."""
-        add_target = getattr(self._segmenter, "add_target", None)
-        if add_target is None:
-            raise ValueError(
-                f"this segmenter ({type(self._segmenter).__name__}) takes no {target.kind} prompts"
-            )
-        add_target(target)
-
-    def _refine_target(self, prompt: ScribblePrompt, x: float, y: float) -> None:
-        """Add a prompt to the target whose mask holds (x, y), else to the newest target (call with the
-        segmenter lock held)."""
-        tracker = getattr(self._segmenter, "tracker", None)
-        if tracker is None:
-            raise ValueError(f"this segmenter ({type(self._segmenter).__name__}) takes no negative scribbles")
-        track = tracker.track_at(x, y)
-        if track is None:
-            tracks = list(tracker)
-            if not tracks:
-                raise ValueError("a negative scribble needs a target to refine; prompt the object first")
-            track = tracks[-1]
-        tracker.refine(track.track_id, prompt)
+        self._segmenter.add_target(target)
 
     # Services
     def _set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response):
@@ -547,14 +525,14 @@ class SeemNode(Node):
     def _segment_image(self, request: SegmentImage.Request, response: SegmentImage.Response):
         try:
             rgb = image_to_rgb(request.image)
-            if request.text.strip():
-                with self._segmenter_lock:
-                    self._segmenter.set_text_prompt(request.text.strip())
+            with self._segmenter_lock:
+                result = self._segmenter.segment_once(rgb, request.text.strip())
         except ValueError as error:
             response.success, response.message = False, str(error)
             return response
-        result = self._run_segmenter(rgb)
-        if result is None:
+        except Exception as error:  # the service answers; the node keeps running
+            self._counters.inference_errors += 1
+            self._last_inference_error = f"{type(error).__name__}: {error}"
             response.success, response.message = False, f"inference failed: {self._last_inference_error}"
             return response
         height, width = rgb.shape[:2]
