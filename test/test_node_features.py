@@ -202,7 +202,7 @@ class Client:
         )
         assert ready and self.process.is_running(), f"seem_node did not start:\n{self.process.output()}"
 
-    def wait_for_log(self, *lines: str, timeout: float = 10.0) -> None:
+    def wait_for_log(self, *lines: str, timeout: float = 30.0) -> None:
         assert spin_until(
             self.executor, lambda: all(line in self.process.output() for line in lines), timeout
         ), f"expected {lines} in the log:\n{self.process.output()}"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seem_ros.cache import default_cache_dir
 from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
@@ -23,7 +24,7 @@ from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
-from seem_ros.model.tokenizer import ClipTokenizer, default_cache_dir
+from seem_ros.model.tokenizer import ClipTokenizer
 
 SEMANTIC_VOID = 65535
 

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from seem_ros.cache import default_cache_dir
 from seem_ros.model.language import LanguageEncoder
-from seem_ros.model.tokenizer import default_cache_dir
 from seem_ros.model.vocabulary import (
     BACKGROUND_CLASS,
     COCO_PANOPTIC_CLASSES,

@@ -177,6 +177,17 @@ class SEEMDecoder(nn.Module):
         positive_masks, negative_masks: (n, H', W') bool at the padded input size.
         """
         sources, _, sizes = self.prepare_levels(multi_scale_features)
+        return self._spatial_tokens(sources, sizes, mask_features, positive_masks, negative_masks, generator)
+
+    def _spatial_tokens(
+        self,
+        sources: list[Tensor],
+        sizes: list[tuple[int, int]],
+        mask_features: Tensor,
+        positive_masks: Tensor,
+        negative_masks: Tensor,
+        generator: torch.Generator | None,
+    ) -> SpatialPromptTokens:
         return encode_spatial_prompts(
             positive_masks,
             negative_masks,
@@ -225,17 +236,7 @@ class SEEMDecoder(nn.Module):
         sequence.position["object"] = object_position
 
         if spatial_masks is not None:
-            spatial_tokens = encode_spatial_prompts(
-                spatial_masks[0],
-                spatial_masks[1],
-                mask_features,
-                sources,
-                sizes,
-                list(self.mask_sptial_embed),
-                self.pn_indicator.weight,
-                self.max_spatial_points,
-                generator,
-            )
+            spatial_tokens = self._spatial_tokens(sources, sizes, mask_features, *spatial_masks, generator)
         spatial_query_index = None
         num_prompts = 0
         if spatial_tokens is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ import ftfy
 import torch
 from torch import Tensor
 from transformers import CLIPTokenizerFast
+
+from seem_ros.cache import default_cache_dir
 
 CONTEXT_LENGTH = 77
 """Tokens per sentence, SOT and EOT included (CLIP's context length)."""
@@ -38,7 +39,6 @@ END_OF_TEXT_ID = 49407
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
-CACHE_DIR_ENV = "SEEM_ROS_CACHE_DIR"
 """Environment variable that overrides the cache folder (default `$XDG_CACHE_HOME/seem_ros`)."""
 
 _NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2
@@ -46,16 +46,6 @@ _TOKENIZER_FOLDER_NAME = "clip_tokenizer_bpe_16e6"
 _VOCAB_FILE = "vocab.json"
 _MERGES_FILE = "merges.txt"
 _WHITESPACE = re.compile(r"\s+")
-
-
-def default_cache_dir() -> Path:
-    """`$SEEM_ROS_CACHE_DIR`, else `$XDG_CACHE_HOME/seem_ros`, else `~/.cache/seem_ros`."""
-    override = os.environ.get(CACHE_DIR_ENV)
-    if override:
-        return Path(override).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg_cache).expanduser() if xdg_cache else Path.home() / ".cache"
-    return base / "seem_ros"
 
 
 def find_bpe_file() -> Path:

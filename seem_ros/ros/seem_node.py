@@ -46,13 +46,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PolygonStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -76,25 +75,16 @@ from seem_ros.ros.conversions import (
 )
 from seem_ros.ros.depth import DepthBuffer, Intrinsics, depth_image_to_metres, object_geometry
 from seem_ros.ros.markers import instance_markers
-from seem_ros.ros.parameters import NodeSettings, ParameterError, declare_and_read
+from seem_ros.ros.node_runner import run_node, sensor_qos
+from seem_ros.ros.parameters import NodeSettings, declare_and_read
 from seem_ros.srv import SegmentImage, SetVocabulary
 
 NODE_NAME = "seem_node"
 
 # REP-2003: subscribe to sensor data best effort; depth 1 because only the newest image matters.
-IMAGE_QOS = QoSProfile(
-    history=qos_profile_sensor_data.history,
-    depth=1,
-    reliability=qos_profile_sensor_data.reliability,
-    durability=qos_profile_sensor_data.durability,
-)
+IMAGE_QOS = sensor_qos(1)
 # Depth images are buffered (DepthBuffer) to pair them with colour images by stamp.
-DEPTH_QOS = QoSProfile(
-    history=qos_profile_sensor_data.history,
-    depth=5,
-    reliability=qos_profile_sensor_data.reliability,
-    durability=qos_profile_sensor_data.durability,
-)
+DEPTH_QOS = sensor_qos(5)
 RESULT_QOS = QoSProfile(depth=5)  # reliable, volatile
 COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
 MASK_ENCODINGS = ("mono8", "8UC1")
@@ -602,29 +592,7 @@ def _build_segmenter(settings: NodeSettings) -> FrameSegmenter:
 def main(args: list[str] | None = None) -> int:
     """Console script `seem_node`. Returns 0 after a clean shutdown, 2 for a bad parameter, 1 if the model
     cannot be built."""
-    rclpy.init(args=args)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    try:
-        node = SeemNode()
-    except ParameterError as error:
-        logger.fatal(f"bad parameter, not starting: {error}")
-        rclpy.try_shutdown()
-        return 2
-    except Exception as error:
-        logger.fatal(f"could not build the segmenter: {type(error).__name__}: {error}")
-        rclpy.try_shutdown()
-        return 1
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(NODE_NAME, SeemNode, lambda: MultiThreadedExecutor(num_threads=4), "the segmenter", args)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from std_msgs.msg import Int16MultiArray, String
 
+from seem_ros.ros.node_runner import run_node, sensor_qos
 from seem_ros.ros.parameters import ParameterError, ParameterSpec, ParameterValue
 from seem_ros.speech.transcriber import (
     DEFAULT_INITIAL_PROMPT,
@@ -49,12 +49,7 @@ from seem_ros.speech.utterance import UtteranceSegmenter
 NODE_NAME = "seem_speech_node"
 
 # REP-2003: sensor streams best effort; deep enough to hold a burst of ~10 s of 0.1 s chunks.
-AUDIO_QOS = QoSProfile(
-    history=qos_profile_sensor_data.history,
-    depth=100,
-    reliability=qos_profile_sensor_data.reliability,
-    durability=qos_profile_sensor_data.durability,
-)
+AUDIO_QOS = sensor_qos(100)
 COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -336,29 +331,7 @@ class SpeechNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Console script `seem_speech_node`. Returns 0 after a clean shutdown, 2 for a bad parameter, 1 if the
     model cannot be loaded."""
-    rclpy.init(args=args)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    try:
-        node = SpeechNode()
-    except ParameterError as error:
-        logger.fatal(f"bad parameter, not starting: {error}")
-        rclpy.try_shutdown()
-        return 2
-    except Exception as error:
-        logger.fatal(f"could not load the speech recogniser: {type(error).__name__}: {error}")
-        rclpy.try_shutdown()
-        return 1
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(NODE_NAME, SpeechNode, SingleThreadedExecutor, "the speech recogniser", args)
 
 
 if __name__ == "__main__":

