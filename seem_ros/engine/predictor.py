@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
+from seem_ros.engine.onnx_backend import ImageEncoderBackend
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -136,6 +137,8 @@ class SeemPredictor:
         panoptic: thresholds of the generic segmentation.
         click_radius: a click is drawn as a disk of this radius in model-input pixels (the demo's brush).
         vocabulary_cache: where text embeddings are kept; built on the model's encoder by default.
+        image_encoder: runs backbone + pixel decoder instead of the model's PyTorch modules (e.g. an
+            `OnnxImageEncoder`); None = the PyTorch modules, timed per stage.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class SeemPredictor:
         panoptic: PanopticSettings | None = None,
         click_radius: float = 4.0,
         vocabulary_cache: VocabularyCache | None = None,
+        image_encoder: ImageEncoderBackend | None = None,
     ) -> None:
         self.device = torch.device(device)
         if half_precision and self.device.type != "cuda":
@@ -167,6 +171,7 @@ class SeemPredictor:
         self._encoded: EncodedImage | None = None
         self._reference_tokens: dict[int, tuple[ReferringImagePrompt, SpatialPromptTokens]] = {}
         self._encode_timings: dict[str, float] = {}
+        self.image_encoder = image_encoder
 
     # ------------------------------------------------------------------ state
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
@@ -190,6 +195,12 @@ class SeemPredictor:
         )
         padded = self.model.preprocess(tensor)
         self._encode_timings = {"preprocess": time.perf_counter() - start}
+        if self.image_encoder is not None:
+            start = time.perf_counter()
+            features = self.image_encoder(padded)
+            self._synchronize()
+            self._encode_timings["image_encoder"] = time.perf_counter() - start
+            return EncodedImage(features, rgb.shape[:2], resized.shape[:2], tuple(padded.shape[-2:]))
         with self._autocast():
             start = time.perf_counter()
             backbone_features = self.model.backbone(padded)

@@ -264,9 +264,14 @@ class SeemSegmenter:
 def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
     """Build the segmenter the node uses from its configuration (raises ValueError / CheckpointError)."""
     device = resolve_device(config.device)
-    if config.backend != "torch":
-        raise ValueError(f"backend {config.backend!r} is not available; use 'torch'")
+    if config.backend not in ("torch", "onnx"):
+        raise ValueError(f"backend {config.backend!r} is not available; use 'torch' or 'onnx'")
     model = load_model(config.preset, config.checkpoint, config.random_weights)
+    image_encoder = None
+    if config.backend == "onnx":
+        from seem_ros.engine.onnx_backend import cached_onnx_image_encoder
+
+        image_encoder = cached_onnx_image_encoder(model, config.preset)
     vocabulary = (
         Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else COCO_PANOPTIC
     )
@@ -278,6 +283,7 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         short_side=config.short_side,
         half_precision=config.precision == "fp16",
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
+        image_encoder=image_encoder,
     )
     tracker = Tracker(
         max_tracks=config.max_tracks,

@@ -370,7 +370,10 @@ class SEEMDecoder(nn.Module):
         """Which prompt each memory slot serves: (M,) long, sorted (drawn as the official code does)."""
         num_slots = self.spatial_featured.weight.shape[0]
         repeat = num_slots // num_prompts
-        probabilities = torch.tensor([1.0 / repeat for _ in range(num_prompts)])
+        if repeat == 0:  # more prompts than slots (the official code divides by zero): uniform weights
+            probabilities = torch.ones(num_prompts)
+        else:
+            probabilities = torch.tensor([1.0 / repeat for _ in range(num_prompts)])
         return torch.multinomial(probabilities, num_slots, replacement=True, generator=generator).sort()[0]
 
     def _with_memory_rows(

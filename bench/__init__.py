@@ -1,0 +1,1 @@
+"""Benchmarks of the SEEM engine: `python -m bench.run --help`."""

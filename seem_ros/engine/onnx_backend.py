@@ -1,0 +1,197 @@
+"""Image encoder backends: the exported ONNX image encoder in ONNX Runtime, and its on-disk cache.
+
+    encoder = cached_onnx_image_encoder(model, preset="focalt_v1")
+    predictor = SeemPredictor(model, tokenizer, image_encoder=encoder)
+
+Only the image encoder (backbone + pixel decoder) runs in ONNX Runtime; the text encoder and the decoder
+stay in PyTorch (see `seem_ros.model.onnx_export`). `onnxruntime` is imported only when a session is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seem_ros.cache import default_cache_dir
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.onnx_export import (
+    DEFAULT_OPSET,
+    EXPORT_FORMAT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    OUTPUT_STRIDES,
+    ExportCheck,
+    export_and_check_image_encoder,
+)
+from seem_ros.model.seem import SEEM
+
+ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+@runtime_checkable
+class ImageEncoderBackend(Protocol):
+    """Something that maps a padded, normalised image to pixel features (what `SeemPredictor` calls)."""
+
+    name: str
+
+    def __call__(self, padded_images: Tensor) -> PixelFeatures:
+        """padded_images: (1, 3, H', W') float32 from `SEEM.preprocess`. Returns `PixelFeatures` (mask
+        features and the three multi-scale maps, float32) on the input's device."""
+        ...
+
+
+def default_providers() -> list[str]:
+    """TensorRT and CUDA where this onnxruntime build has them, then CPU."""
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    return [provider for provider in ACCELERATED_PROVIDERS if provider in available] + [CPU_PROVIDER]
+
+
+class OnnxImageEncoder:
+    """The exported image encoder in an ONNX Runtime session.
+
+    Args:
+        path: an .onnx file written by `seem_ros.model.onnx_export.export_image_encoder`.
+        providers: execution providers in order of preference; `default_providers()` by default. GPU
+            providers run on CUDA device 0.
+        num_threads: intra-op threads of the CPU provider; None lets ONNX Runtime choose (one per core).
+
+    Inputs and outputs are bound to torch tensors (IO binding), so nothing is copied on the way in or
+    out when the session runs where the tensors live (CPU tensors with the CPU provider, CUDA tensors
+    with the CUDA / TensorRT providers).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] | None = None, num_threads: int | None = None
+    ) -> None:
+        import onnxruntime
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX image encoder {self.path} does not exist; export it first")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+            options.intra_op_num_threads = num_threads
+        requested = list(providers) if providers is not None else default_providers()
+        available = onnxruntime.get_available_providers()
+        missing = [provider for provider in requested if provider not in available]
+        if missing:
+            raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=requested)
+        self.providers: list[str] = self.session.get_providers()
+        on_gpu = any(provider in ACCELERATED_PROVIDERS for provider in self.providers)
+        # buffers live where the session computes; a CPU-only torch gets CPU buffers (ORT copies them)
+        self.device = torch.device("cuda", 0) if on_gpu and torch.cuda.is_available() else torch.device("cpu")
+        outputs = {output.name: output for output in self.session.get_outputs()}
+        if set(outputs) != set(OUTPUT_NAMES):
+            raise ValueError(f"{self.path} has outputs {sorted(outputs)}, expected {list(OUTPUT_NAMES)}")
+        self._channels = [int(outputs[name].shape[1]) for name in OUTPUT_NAMES]
+        self._binding = self.session.io_binding()
+
+    def __call__(self, padded_images: Tensor) -> PixelFeatures:
+        """padded_images: (1, 3, H', W') float32, H' and W' multiples of 32 (or the fixed size the graph
+        was exported for). Returns `PixelFeatures` on the input's device; transformer_encoder_features
+        is None (the graph does not return it)."""
+        if padded_images.dim() != 4 or padded_images.shape[:2] != (1, 3):
+            raise ValueError(f"padded_images must be (1, 3, H, W), got {tuple(padded_images.shape)}")
+        height, width = padded_images.shape[-2:]
+        image = padded_images.to(self.device, torch.float32).contiguous()
+        outputs = [
+            torch.empty((1, channels, height // stride, width // stride), device=self.device)
+            for channels, stride in zip(self._channels, OUTPUT_STRIDES, strict=True)
+        ]
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        binding.bind_input(INPUT_NAME, *_buffer(image))
+        for name, output in zip(OUTPUT_NAMES, outputs, strict=True):
+            binding.bind_output(name, *_buffer(output))
+        if self.device.type == "cuda":
+            binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        if self.device.type == "cuda":
+            binding.synchronize_outputs()
+        outputs = [output.to(padded_images.device) for output in outputs]
+        return PixelFeatures(mask_features=outputs[0], multi_scale_features=outputs[1:])
+
+
+def _buffer(tensor: Tensor) -> tuple[str, int, type, list[int], int]:
+    """The (device_type, device_id, element_type, shape, pointer) IO binding needs for a float32 tensor."""
+    device_id = tensor.device.index or 0
+    return tensor.device.type, device_id, np.float32, list(tensor.shape), tensor.data_ptr()
+
+
+def weights_fingerprint(model: SEEM) -> str:
+    """Hex digest (32 characters) of the image encoder's parameter and buffer names, shapes and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    modules = {"backbone": model.backbone, "pixel_decoder": model.sem_seg_head.pixel_decoder}
+    for prefix, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            values = tensor.detach().to("cpu", torch.float32).contiguous()
+            digest.update(f"{prefix}.{name}:{tuple(values.shape)};".encode())
+            digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported encoders are kept: `<seem_ros cache>/onnx`."""
+    return default_cache_dir() / "onnx"
+
+
+def export_cached_image_encoder(
+    model: SEEM, preset: str, cache_dir: str | Path | None = None, opset: int = DEFAULT_OPSET
+) -> tuple[Path, list[ExportCheck]]:
+    """The cached ONNX file of `model`'s image encoder, exported and checked against PyTorch when missing.
+
+    The file is `<cache_dir>/<preset>-<weights fingerprint>-v<format>-opset<opset>.onnx`, so other weights,
+    another preset or a new export format get a new file; cache_dir defaults to `onnx_cache_dir()`.
+    Returns the path and the checks of a fresh export (empty when the file was already there). Exporting
+    a full-size model takes tens of seconds on a CPU.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
+    fingerprint = weights_fingerprint(model)
+    path = folder / f"{preset}-{fingerprint}-v{EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
+    if path.is_file():
+        return path, []
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".onnx.partial", dir=folder)
+    os.close(handle)
+    try:
+        checks = export_and_check_image_encoder(
+            model,
+            temporary,
+            opset=opset,
+            metadata={"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint},
+        )
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path, checks
+
+
+def cached_onnx_image_encoder(
+    model: SEEM,
+    preset: str,
+    cache_dir: str | Path | None = None,
+    providers: Sequence[str] | None = None,
+    num_threads: int | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> OnnxImageEncoder:
+    """An `OnnxImageEncoder` for `model`, exported on first use (see `export_cached_image_encoder`)."""
+    path, _ = export_cached_image_encoder(model, preset, cache_dir=cache_dir, opset=opset)
+    return OnnxImageEncoder(path, providers=providers, num_threads=num_threads)

@@ -1,0 +1,205 @@
+"""Export SEEM's image encoder (backbone + pixel decoder) to ONNX and check it in ONNX Runtime at once.
+
+Only the image encoder is exported: it is where the time goes (backbone + pixel decoder are about 3.4 s of
+the official Focal-T's 6.7 s per image on CPU) and its only input is the padded image. The text encoder and
+the decoder stay in PyTorch: the decoder's prompt inputs (grounding tokens, visual-prompt tokens, memory
+masks) vary in number and kind from call to call, and the decoder is a small part of the time.
+
+Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded bottom/right (the output of
+`SEEM.preprocess`); outputs ``mask_features`` (1, D, H'/4, W'/4) and ``multi_scale_features_0/1/2``
+(1, C, H'/s, W'/s) for s = 32, 16, 8, all float32. Focal models get dynamic H', W' (multiples of 32);
+SAM-ViT models have a fixed square input (1024 for the released ones), so their graph is static.
+
+The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from seem_ros.model.seem import SEEM
+
+INPUT_NAME = "padded_image"
+OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features_1", "multi_scale_features_2")
+OUTPUT_STRIDES = (4, 32, 16, 8)
+"""Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
+DEFAULT_OPSET = 17
+EXPORT_FORMAT_VERSION = 1
+"""Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
+
+
+class ImageEncoderGraph(nn.Module):
+    """Backbone + pixel decoder with tensor-only outputs, the module that is traced."""
+
+    def __init__(self, backbone: nn.Module, pixel_decoder: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+
+    def forward(self, padded_image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """padded_image: (1, 3, H', W') float32. Returns the tensors named in `OUTPUT_NAMES`."""
+        features = self.pixel_decoder(self.backbone(padded_image))
+        return (features.mask_features, *features.multi_scale_features)
+
+
+def example_input_size(model: SEEM) -> tuple[int, int]:
+    """(H', W') traced during export: the fixed input of SAM-ViT models, else a 512 x 704 image."""
+    if model.fixed_input_size is not None:
+        return model.fixed_input_size, model.fixed_input_size
+    return 512, 704
+
+
+def has_dynamic_input(model: SEEM) -> bool:
+    """True when the model accepts any multiple of its size divisibility (Focal), False for a fixed size."""
+    return model.fixed_input_size is None
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """How far ONNX Runtime is from PyTorch on one input size.
+
+    input_size: (H', W') of the padded input. max_abs_diff: per output name, max |ORT - PyTorch|.
+    max_abs_value: per output name, max |PyTorch|, the scale the difference is relative to.
+    """
+
+    input_size: tuple[int, int]
+    max_abs_diff: dict[str, float]
+    max_abs_value: dict[str, float]
+
+    def worst_relative(self) -> float:
+        """Largest max_abs_diff / max(1, max_abs_value) over the outputs."""
+        return max(self.max_abs_diff[name] / max(1.0, self.max_abs_value[name]) for name in self.max_abs_diff)
+
+
+def export_image_encoder(
+    model: SEEM,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write the image encoder of `model` (fp32, CPU) to an ONNX file.
+
+    path: the .onnx file to write (its folder is created). opset: ONNX opset, 17 or newer.
+    metadata: extra string entries stored in the file's metadata_props (e.g. preset, weights fingerprint).
+    Returns the path. The model itself is not modified (the export runs on a CPU fp32 copy of the modules
+    only when the model is elsewhere).
+    """
+    import onnx
+
+    if opset < DEFAULT_OPSET:
+        raise ValueError(
+            f"opset must be {DEFAULT_OPSET} or newer (LayerNormalization, GridSample), got {opset}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = _cpu_float_graph(model)
+    height, width = example_input_size(model)
+    example = torch.zeros(1, 3, height, width)
+    dynamic_axes = None
+    if has_dynamic_input(model):
+        dynamic_axes = {INPUT_NAME: {2: "padded_height", 3: "padded_width"}}
+        for name, stride in zip(OUTPUT_NAMES, OUTPUT_STRIDES, strict=True):
+            dynamic_axes[name] = {2: f"padded_height_div{stride}", 3: f"padded_width_div{stride}"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the TorchScript exporter is chosen on purpose (no onnxscript dependency); silence its notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    entries = {
+        "seem_ros.export_format_version": str(EXPORT_FORMAT_VERSION),
+        "seem_ros.output_strides": ",".join(str(stride) for stride in OUTPUT_STRIDES),
+        "seem_ros.dynamic_input": str(has_dynamic_input(model)),
+        "seem_ros.torch_version": torch.__version__,
+        **(metadata or {}),
+    }
+    onnx.helper.set_model_props(proto, entries)
+    onnx.save(proto, str(path))
+    return path
+
+
+def check_image_encoder(
+    model: SEEM, path: str | Path, input_sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0
+) -> list[ExportCheck]:
+    """Run the exported file in ONNX Runtime (CPU) and PyTorch on random normalised images.
+
+    input_sizes: (H', W') padded sizes to try; by default the export size and, for dynamic graphs, a
+    second one (384 x 640). Returns one `ExportCheck` per size.
+    """
+    import onnxruntime
+
+    graph = _cpu_float_graph(model)
+    if input_sizes is None:
+        input_sizes = [example_input_size(model)]
+        if has_dynamic_input(model):
+            input_sizes.append((384, 640))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    checks = []
+    for height, width in input_sizes:
+        image = torch.randn(1, 3, height, width, generator=generator)
+        with torch.no_grad():
+            expected = [output.numpy() for output in graph(image)]
+        actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
+        checks.append(
+            ExportCheck(
+                input_size=(height, width),
+                max_abs_diff={
+                    name: float(np.abs(got - want).max())
+                    for name, got, want in zip(OUTPUT_NAMES, actual, expected, strict=True)
+                },
+                max_abs_value={
+                    name: float(np.abs(want).max()) for name, want in zip(OUTPUT_NAMES, expected, strict=True)
+                },
+            )
+        )
+    return checks
+
+
+def export_and_check_image_encoder(
+    model: SEEM,
+    path: str | Path,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, str] | None = None,
+    max_relative_error: float = 1e-3,
+) -> list[ExportCheck]:
+    """`export_image_encoder`, then `check_image_encoder`; removes the file and raises RuntimeError when
+    an output differs from PyTorch by more than max_relative_error x max(1, its largest magnitude)."""
+    path = export_image_encoder(model, path, opset=opset, metadata=metadata)
+    checks = check_image_encoder(model, path)
+    failed = [check for check in checks if check.worst_relative() > max_relative_error]
+    if failed:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"the exported image encoder differs from PyTorch by more than {max_relative_error} (relative): "
+            + "; ".join(f"{check.input_size}: {check.max_abs_diff}" for check in failed)
+        )
+    return checks
+
+
+def _cpu_float_graph(model: SEEM) -> ImageEncoderGraph:
+    """The image encoder as an fp32 CPU module in eval mode (the model's own modules when already so)."""
+    graph = ImageEncoderGraph(model.backbone, model.sem_seg_head.pixel_decoder).eval()
+    parameter = next(graph.parameters())
+    if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        import copy
+
+        graph = copy.deepcopy(graph).to("cpu", torch.float32)
+    return graph
