@@ -284,6 +284,30 @@ def setup_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def node_table(rows: list[dict]) -> str:
+    """The node section as a table: one line per preset, backend and stage."""
+    lines = ["| preset | backend | stage | median ms | p90 ms | n | notes |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(
+                f"| {row.get('preset', '-')} | {row.get('backend', '-')} | skipped | | | | {row['skipped']} |"
+            )
+            continue
+        notes = []
+        if "overhead_fraction_of_model" in row:
+            notes.append(f"{100 * row['overhead_fraction_of_model']:.1f} % of model time")
+        if "output_hz" in row:
+            notes.append(
+                f"{row['frames_sent']} frames sent, {row['frames_answered']} answered, "
+                f"{row['output_hz']:.2f} Hz out"
+            )
+        lines.append(
+            f"| {row['preset']} | {row['backend']} | {row['stage']} | {1e3 * row['median_s']:.1f} | "
+            f"{1e3 * row['p90_s']:.1f} | {row['repeats']} | {'; '.join(notes)} |"
+        )
+    return "\n".join(lines)
+
+
 def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
     """The printed report: machine, then one markdown table per section."""
     parts = [
@@ -298,7 +322,7 @@ def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
         "\n## Set-up\n\n" + setup_table(results),
     ]
     if node_rows:
-        parts.append("\n## node\n\n" + "\n".join(json.dumps(row) for row in node_rows))
+        parts.append("\n## Node end to end vs model in node (same run)\n\n" + node_table(node_rows))
     return "\n".join(parts)
 
 

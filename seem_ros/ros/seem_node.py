@@ -160,6 +160,7 @@ class SeemNode(Node):
         self._counters = FrameCounters()
         self._latest = LatestFrame(self._counters)
         self._last_start = 0.0
+        self._last_stage_times: dict[str, float] = {}
         self._camera_info: CameraInfo | None = None
         self._depth_info: CameraInfo | None = None
         self._depth = DepthBuffer()
@@ -299,6 +300,7 @@ class SeemNode(Node):
             return None
         self._counters.processed += 1
         self._counters.last_inference_s = time.perf_counter() - start
+        self._last_stage_times = dict(result.timings)
         return result
 
     def _publish(self, result: FrameResult, rgb: np.ndarray, header: Header) -> None:
@@ -559,6 +561,10 @@ class SeemNode(Node):
             "inference_errors": now.inference_errors,
             "processed_per_second": f"{(now.processed - last.processed) / period:.2f}",
             "last_inference_ms": f"{now.last_inference_s * 1e3:.1f}",
+            **{
+                f"last_{stage}_ms": f"{seconds * 1e3:.1f}"
+                for stage, seconds in self._last_stage_times.items()
+            },
         }
         if self.settings.use_depth:
             values["frames_with_depth"] = now.with_depth
