@@ -8,13 +8,18 @@ rows are padded; it is honoured in both directions.
 from __future__ import annotations
 
 import colorsys
+import io
+import math
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
 import numpy as np
+from PIL import Image as PilImage
+from PIL import UnidentifiedImageError
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
@@ -50,6 +55,12 @@ _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 PANOPTIC_ENCODINGS = ("32SC1", "mono16")
 SEMANTIC_ENCODING = "mono16"
 SEMANTIC_NONE = 65535
+
+MAX_PROMPT_CHARACTERS = 10_000
+# Distortion coefficient counts cv2.projectPoints accepts (plumb_bob has 5, rational_polynomial 8).
+_DISTORTION_LENGTHS = (4, 5, 8, 12, 14)
+# Bidirectional overrides and isolates: they make a logged prompt read differently from what it is.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def image_to_array(msg: Image) -> np.ndarray:
@@ -87,12 +98,17 @@ def image_to_array(msg: Image) -> np.ndarray:
     return pixels if message_order == _NATIVE_ORDER else pixels.astype(dtype)
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an rgb8, bgr8, rgba8, bgra8 or mono8 Image (a view for unpadded rgb8)."""
+def image_to_rgb(msg: Image, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an rgb8, bgr8, rgba8, bgra8 or mono8 Image (a view for unpadded rgb8).
+
+    max_pixels: refuse images with more pixels than this (ValueError), checked on the header before the
+    data is touched.
+    """
     if msg.encoding not in _TO_RGB:
         raise ValueError(
             f"cannot segment an image with encoding {msg.encoding!r}; use one of {', '.join(_TO_RGB)}"
         )
+    _check_pixel_count(int(msg.width), int(msg.height), max_pixels)
     pixels = image_to_array(msg)
     conversion = _TO_RGB[msg.encoding]
     if conversion is None:
@@ -100,15 +116,43 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     return cv2.cvtColor(pixels, conversion)
 
 
-def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """(H, W, 3) uint8 RGB decoded from a CompressedImage (JPEG, PNG, ... anything cv2.imdecode reads)."""
+def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB decoded from a CompressedImage (JPEG, PNG, ... anything cv2.imdecode reads).
+
+    max_pixels: refuse images with more pixels than this (ValueError). The size is read from the file
+    header before decoding, so a small file that would decode to a huge image costs no memory; with a
+    limit, only formats whose header Pillow reads (JPEG, PNG, ...) are accepted.
+    """
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise ValueError(f"empty compressed image (format {msg.format!r})")
+    if max_pixels is not None:
+        width, height = _compressed_size(msg)
+        _check_pixel_count(width, height, max_pixels)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"could not decode compressed image of {data.size} bytes, format {msg.format!r}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _check_pixel_count(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"image of {width} x {height} has {width * height} pixels, more than the limit {max_pixels}; "
+            "raise max_image_pixels or send smaller images"
+        )
+
+
+def _compressed_size(msg: CompressedImage) -> tuple[int, int]:
+    """(width, height) from a compressed image's header, without decoding its pixels."""
+    try:
+        with PilImage.open(io.BytesIO(bytes(msg.data))) as header:
+            return header.size
+    except (UnidentifiedImageError, PilImage.DecompressionBombError, OSError, ValueError) as error:
+        raise ValueError(
+            f"could not read the size of a compressed image of {len(msg.data)} bytes, format "
+            f"{msg.format!r}: {error}"
+        ) from None
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
@@ -154,8 +198,17 @@ def rle_encode(mask: np.ndarray) -> np.ndarray:
 
 
 def rle_decode(runs: Sequence[int] | np.ndarray, height: int, width: int) -> np.ndarray:
-    """Inverse of rle_encode: (height, width) bool. Raises ValueError if the runs do not cover it exactly."""
-    runs = np.asarray(runs, dtype=np.int64)
+    """Inverse of rle_encode: (height, width) bool. Raises ValueError unless the runs are non-negative
+    integers that cover it exactly."""
+    if int(height) != height or int(width) != width or height < 0 or width < 0:
+        raise ValueError(f"mask size must be two non-negative integers, got {height} x {width}")
+    height, width = int(height), int(width)
+    runs = np.asarray(runs)
+    if runs.ndim != 1 or (runs.size and runs.dtype.kind not in "iu"):
+        raise ValueError(f"mask runs must be a flat sequence of integers, got {runs.dtype} {runs.shape}")
+    runs = runs.astype(np.int64)
+    if runs.size and runs.min() < 0:
+        raise ValueError(f"mask runs must not be negative, got {int(runs.min())}")
     total = int(runs.sum())
     if total != height * width:
         raise ValueError(f"mask runs cover {total} pixels, expected {height} x {width} = {height * width}")
@@ -317,12 +370,21 @@ def parse_prompt(text: str) -> PromptCommand:
                                            "stuff:" are stuff; without "; stuff:" all names are things
     "box: x0, y0, x1, y1"                  box prompt, pixels, top-left and bottom-right corners
     anything else                          text prompt ("the red cup on the left")
+
+    Raises ValueError for an empty prompt, one longer than MAX_PROMPT_CHARACTERS, one holding control,
+    surrogate, bidirectional-override or replacement (U+FFFD, left by text that was not UTF-8)
+    characters, and for malformed vocabulary and box commands.
     """
+    if not isinstance(text, str):
+        raise ValueError(f"prompt must be a string, got {type(text).__name__}")
     stripped = text.strip()
-    keyword, _, rest = stripped.partition(":")
-    keyword = keyword.strip().lower()
     if not stripped:
         raise ValueError("empty prompt; send 'clear' to forget prompts")
+    if len(stripped) > MAX_PROMPT_CHARACTERS:
+        raise ValueError(f"prompt has {len(stripped)} characters; the limit is {MAX_PROMPT_CHARACTERS}")
+    _check_printable(stripped)
+    keyword, _, rest = stripped.partition(":")
+    keyword = keyword.strip().lower()
     if stripped.lower() == "clear":
         return PromptCommand("clear")
     if keyword == "vocabulary":
@@ -340,10 +402,23 @@ def parse_prompt(text: str) -> PromptCommand:
             x0, y0, x1, y1 = (float(value) for value in rest.replace(",", " ").split())
         except ValueError:
             raise ValueError(f"box needs four numbers 'box: x0, y0, x1, y1', got {rest.strip()!r}") from None
+        if not all(math.isfinite(value) for value in (x0, y0, x1, y1)):
+            raise ValueError(f"box corners must be finite numbers, got {(x0, y0, x1, y1)}")
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"box corners must be top-left then bottom-right, got {(x0, y0, x1, y1)}")
         return PromptCommand("box", box=(x0, y0, x1, y1))
     return PromptCommand("text", text=stripped)
+
+
+def _check_printable(text: str) -> None:
+    for position, character in enumerate(text):
+        if character == "\ufffd":
+            raise ValueError(f"prompt holds U+FFFD at position {position}: the text sent was not valid UTF-8")
+        if unicodedata.category(character) in ("Cc", "Cs") or character in _BIDI_CONTROLS:
+            raise ValueError(
+                f"prompt holds the control character U+{ord(character):04X} at position {position}; "
+                "send printable text on one line"
+            )
 
 
 def _split_names(text: str) -> tuple[str, ...]:
@@ -353,15 +428,27 @@ def _split_names(text: str) -> tuple[str, ...]:
 def project_point(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
     """Pixel (u, v) of a point (x, y, z) in the camera optical frame (metres, z forward), through the
     intrinsics K and the plumb_bob / rational_polynomial distortion D of `info`. Raises ValueError if the
-    point is behind the camera, the calibration is missing, or the pixel falls outside the image."""
+    point is not finite or behind the camera, the calibration is missing or malformed, or the pixel falls
+    outside the image."""
+    if not all(math.isfinite(value) for value in (x, y, z)):
+        raise ValueError(f"point ({x}, {y}, {z}) is not finite")
     if z <= 0.0:
         raise ValueError(f"point ({x:.3f}, {y:.3f}, {z:.3f}) is not in front of the camera (z must be > 0)")
     camera_matrix = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(camera_matrix).all():
+        raise ValueError("camera_info K holds values that are not finite")
     if camera_matrix[0, 0] <= 0.0 or camera_matrix[1, 1] <= 0.0:
         raise ValueError("camera_info has no calibration (K is zero)")
-    distortion = np.asarray(info.d, dtype=np.float64)
+    if info.width == 0 or info.height == 0:
+        raise ValueError(f"camera_info has no image size ({info.width} x {info.height})")
+    distortion = np.asarray(info.d, dtype=np.float64).ravel()
     if info.distortion_model not in ("plumb_bob", "rational_polynomial") or not distortion.any():
         distortion = np.zeros(5)
+    if distortion.size not in _DISTORTION_LENGTHS or not np.isfinite(distortion).all():
+        raise ValueError(
+            f"camera_info D of model {info.distortion_model!r} has {distortion.size} coefficients "
+            f"{distortion.tolist()}; expected {', '.join(map(str, _DISTORTION_LENGTHS))} finite values"
+        )
     pixels, _ = cv2.projectPoints(
         np.array([[x, y, z]], dtype=np.float64), np.zeros(3), np.zeros(3), camera_matrix, distortion
     )
