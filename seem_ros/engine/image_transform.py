@@ -29,7 +29,7 @@ class ResizeShortestSide:
         short, long = min(height, width), max(height, width)
         new_short, new_long = self.short_side, int(self.short_side * long / short)
         if self.max_long_side is not None and new_long > self.max_long_side:
-            new_short, new_long = int(self.max_long_side * new_short / new_long), self.max_long_side
+            new_short, new_long = max(1, int(self.max_long_side * new_short / new_long)), self.max_long_side
         return (new_short, new_long) if height <= width else (new_long, new_short)
 
     def apply_image(self, rgb: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
 from seem_ros.engine.onnx_backend import ImageEncoderBackend
+from seem_ros.engine.onnx_decoder import DecoderBackend
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -52,6 +53,7 @@ from seem_ros.model.spatial_prompts import SpatialPromptTokens, concatenate_spat
 from seem_ros.model.tokenizer import ClipTokenizer
 
 EMPTY_MEMORY_LOGIT = -30.0
+MAX_LONG_SIDE = 2048
 
 
 @dataclass
@@ -139,6 +141,8 @@ class SeemPredictor:
         vocabulary_cache: where text embeddings are kept; built on the model's encoder by default.
         image_encoder: runs backbone + pixel decoder instead of the model's PyTorch modules (e.g. an
             `OnnxImageEncoder`); None = the PyTorch modules, timed per stage.
+        decoder_backend: runs the decoder instead of `SEEM.decode` for the calls it supports (e.g. an
+            `OnnxDecoder`); other calls, and all when None, run in PyTorch.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class SeemPredictor:
         click_radius: float = 4.0,
         vocabulary_cache: VocabularyCache | None = None,
         image_encoder: ImageEncoderBackend | None = None,
+        decoder_backend: DecoderBackend | None = None,
     ) -> None:
         self.device = torch.device(device)
         if half_precision and self.device.type != "cuda":
@@ -161,7 +166,9 @@ class SeemPredictor:
         self.tokenizer = tokenizer
         self.model.language_encoder.tokenizer = tokenizer
         self.half_precision = half_precision
-        max_long_side = model.fixed_input_size
+        # SAM-ViT inputs must fit the ViT's fixed square; for the others the long side is capped so an
+        # extreme aspect ratio cannot blow the model input up (8 x 4096 would become 512 x 262144).
+        max_long_side = model.fixed_input_size or max(MAX_LONG_SIDE, 2 * short_side)
         self.transform = ResizeShortestSide(short_side, max_long_side)
         self.panoptic = panoptic or PanopticSettings()
         self.click_radius = click_radius
@@ -172,6 +179,7 @@ class SeemPredictor:
         self._reference_tokens: dict[int, tuple[ReferringImagePrompt, SpatialPromptTokens]] = {}
         self._encode_timings: dict[str, float] = {}
         self.image_encoder = image_encoder
+        self.decoder_backend = decoder_backend
 
     # ------------------------------------------------------------------ state
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
@@ -373,8 +381,13 @@ class SeemPredictor:
                     if previous_logits[i] is not None:
                         previous[0, slot] = previous_logits[i].to(self.device)
 
+        decode = self.model.decode
+        if self.decoder_backend is not None and self.decoder_backend.supports(
+            encoded.features, grounding, spatial_tokens, previous
+        ):
+            decode = self.decoder_backend
         with self._autocast():
-            output = self.model.decode(
+            output = decode(
                 encoded.features,
                 self._class_embeddings,
                 grounding=grounding,

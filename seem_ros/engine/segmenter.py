@@ -24,7 +24,7 @@ from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
-from seem_ros.model.tokenizer import ClipTokenizer
+from seem_ros.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer
 
 SEMANTIC_VOID = 65535
 
@@ -93,7 +93,15 @@ class SeemSegmenter:
 
     # ------------------------------------------------------------------ prompts
     def set_text_prompt(self, text: str) -> None:
+        """Track what `text` refers to. Texts longer than SEEM's 77-token context are refused (the model
+        would silently read only their beginning)."""
         target = Target(text=TextPrompt(text))
+        tokens = self.predictor.tokenizer.token_count(text)
+        if tokens > CONTEXT_LENGTH:
+            raise ValueError(
+                f"text prompt has {tokens} tokens; SEEM reads at most {CONTEXT_LENGTH} (with start and end): "
+                "shorten it"
+            )
         with self._lock:
             self.tracker.add(target)
 
@@ -267,11 +275,16 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
     if config.backend not in ("torch", "onnx"):
         raise ValueError(f"backend {config.backend!r} is not available; use 'torch' or 'onnx'")
     model = load_model(config.preset, config.checkpoint, config.random_weights)
-    image_encoder = None
+    image_encoder = decoder_backend = None
     if config.backend == "onnx":
         from seem_ros.engine.onnx_backend import cached_onnx_image_encoder
+        from seem_ros.engine.onnx_decoder import OnnxDecoder
+        from seem_ros.model.onnx_decoder_export import DecoderGraphKind
 
         image_encoder = cached_onnx_image_encoder(model, config.preset)
+        decoder_backend = OnnxDecoder(model, config.preset)
+        # the graph every frame without prompts needs; prompt graphs are exported when first used
+        decoder_backend.prepare([DecoderGraphKind()])
     vocabulary = (
         Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else COCO_PANOPTIC
     )
@@ -284,6 +297,7 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         half_precision=config.precision == "fp16",
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
         image_encoder=image_encoder,
+        decoder_backend=decoder_backend,
     )
     tracker = Tracker(
         max_tracks=config.max_tracks,

@@ -192,6 +192,10 @@ class ClipTokenizer:
                 "folder with the openai/clip-vit-base-patch32 tokenizer files, or none to build them offline"
             )
 
+    def token_count(self, text: str) -> int:
+        """Tokens of `text` with SOT and EOT, before truncation to the 77-token context."""
+        return len(self._tokenizer(clean_text(text), truncation=False)["input_ids"])
+
     def __call__(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Tokenize sentences to CLIP's fixed context.
 

@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -195,31 +197,65 @@ class SeemNode(Node):
                 Image, self._image_topic, self._on_image, IMAGE_QOS, callback_group=input_group
             )
         self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, IMAGE_QOS, callback_group=input_group
+            CameraInfo,
+            "camera_info",
+            self._guarded(self._on_camera_info, "camera_info"),
+            IMAGE_QOS,
+            callback_group=input_group,
         )
         if self.settings.use_depth:
             self.create_subscription(Image, "depth", self._depth.put, DEPTH_QOS, callback_group=input_group)
             self.create_subscription(
                 CameraInfo, "depth/camera_info", self._on_depth_info, IMAGE_QOS, callback_group=input_group
             )
-        self.create_subscription(String, "prompt", self._on_prompt, COMMAND_QOS, callback_group=prompt_group)
         self.create_subscription(
-            PointStamped, "clicked_point", self._on_clicked_point, COMMAND_QOS, callback_group=prompt_group
+            String,
+            "prompt",
+            self._guarded(self._on_prompt, "prompt"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_subscription(
-            PointStamped, "click_pixel", self._on_click_pixel, COMMAND_QOS, callback_group=prompt_group
+            PointStamped,
+            "clicked_point",
+            self._guarded(self._on_clicked_point, "clicked_point"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_subscription(
-            PolygonStamped, "scribble", self._on_scribble, COMMAND_QOS, callback_group=prompt_group
+            PointStamped,
+            "click_pixel",
+            self._guarded(self._on_click_pixel, "click_pixel"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_subscription(
-            Image, "prompt_mask", self._on_prompt_mask, COMMAND_QOS, callback_group=prompt_group
+            PolygonStamped,
+            "scribble",
+            self._guarded(self._on_scribble, "scribble"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_subscription(
-            Image, "referring_image", self._on_referring_image, COMMAND_QOS, callback_group=prompt_group
+            Image,
+            "prompt_mask",
+            self._guarded(self._on_prompt_mask, "prompt_mask"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_subscription(
-            Image, "referring_mask", self._on_referring_mask, COMMAND_QOS, callback_group=prompt_group
+            Image,
+            "referring_image",
+            self._guarded(self._on_referring_image, "referring_image"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
+        )
+        self.create_subscription(
+            Image,
+            "referring_mask",
+            self._guarded(self._on_referring_mask, "referring_mask"),
+            COMMAND_QOS,
+            callback_group=prompt_group,
         )
         self.create_service(
             SetVocabulary, "set_vocabulary", self._set_vocabulary, callback_group=service_group
@@ -247,6 +283,18 @@ class SeemNode(Node):
     def _on_depth_info(self, msg: CameraInfo) -> None:
         self._depth_info = msg
 
+    def _guarded(self, callback: Callable[[Any], None], what: str) -> Callable[[Any], None]:
+        """The callback, with any unexpected exception logged and counted as bad input instead of ending
+        the executor (and with it the node)."""
+
+        def guarded(msg: Any) -> None:
+            try:
+                callback(msg)
+            except Exception as error:
+                self._input_error(what, f"{type(error).__name__}: {error}")
+
+        return guarded
+
     def _input_error(self, what: str, reason: str) -> None:
         """Count bad input and log it, at most once per error_log_period for each input (`what`)."""
         self._counters.input_errors += 1
@@ -270,14 +318,23 @@ class SeemNode(Node):
             self._counters.dropped_stale += 1
             return
         try:
-            rgb = compressed_to_rgb(frame) if isinstance(frame, CompressedImage) else image_to_rgb(frame)
+            limit = self.settings.max_image_pixels
+            if isinstance(frame, CompressedImage):
+                rgb = compressed_to_rgb(frame, max_pixels=limit)
+            else:
+                rgb = image_to_rgb(frame, max_pixels=limit)
         except ValueError as error:
             self._input_error(f"image on {self._image_topic}", str(error))
             return
         self._image_size = rgb.shape[:2]
         result = self._run_segmenter(rgb)
-        if result is not None:
+        if result is None or not self.context.ok():
+            return
+        try:
             self._publish(result, rgb, frame.header)
+        except Exception:
+            if self.context.ok():
+                raise  # a real publishing failure; during shutdown it is expected and ignored
 
     def _is_stale(self, header: Header) -> bool:
         if self.settings.max_image_age <= 0.0 or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
@@ -495,6 +552,7 @@ class SeemNode(Node):
             with self._segmenter_lock:
                 self._segmenter.set_vocabulary(names, thing_names)
         except ValueError as error:
+            self._input_error("set_vocabulary request", str(error))
             response.success, response.message = False, str(error)
             return response
         things = len(thing_names) if thing_names else len(names)
@@ -516,10 +574,11 @@ class SeemNode(Node):
 
     def _segment_image(self, request: SegmentImage.Request, response: SegmentImage.Response):
         try:
-            rgb = image_to_rgb(request.image)
+            rgb = image_to_rgb(request.image, max_pixels=self.settings.max_image_pixels)
             with self._segmenter_lock:
                 result = self._segmenter.segment_once(rgb, request.text.strip())
         except ValueError as error:
+            self._input_error("segment_image request", str(error))
             response.success, response.message = False, str(error)
             return response
         except Exception as error:  # the service answers; the node keeps running
@@ -535,6 +594,8 @@ class SeemNode(Node):
 
     # Diagnostics
     def _publish_diagnostics(self) -> None:
+        if not self.context.ok():
+            return
         now, last = self._counters, self._reported
         period = self.settings.diagnostics_period
         status = DiagnosticStatus(
@@ -552,7 +613,7 @@ class SeemNode(Node):
             status.level = DiagnosticStatus.WARN
             status.message = f"no images on {self.resolve_topic_name(self._image_topic)}"
         values = {
-            **self._description,
+            **{key: str(value) for key, value in self._segmenter.describe().items()},
             "frames_received": now.received,
             "frames_processed": now.processed,
             "frames_dropped_replaced": now.dropped_replaced,
