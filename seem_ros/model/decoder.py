@@ -211,6 +211,8 @@ class SEEMDecoder(nn.Module):
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
+        spatial_query_index: Tensor | None = None,
+        memory_slot_prompt_index: Tensor | None = None,
     ) -> DecoderOutput:
         """Run the decoder.
 
@@ -222,6 +224,8 @@ class SEEMDecoder(nn.Module):
         previous_masks: (1, n, H'/4, W'/4) mask logits of the previous round or frame per visual
             prompt; switches the memory prompts on.
         generator: the random source for query and point sampling (see spatial_prompts).
+        spatial_query_index, memory_slot_prompt_index: the random choices of `draw_query_choices`, drawn
+            beforehand (e.g. for an exported graph); by default drawn here from `generator`.
         """
         if spatial_masks is not None and spatial_tokens is not None:
             raise ValueError("give either spatial_masks or spatial_tokens, not both")
@@ -237,13 +241,16 @@ class SEEMDecoder(nn.Module):
 
         if spatial_masks is not None:
             spatial_tokens = self._spatial_tokens(sources, sizes, mask_features, *spatial_masks, generator)
-        spatial_query_index = None
-        num_prompts = 0
+        slot_prompts: list[Tensor] = []
         if spatial_tokens is not None:
-            num_prompts = spatial_tokens.num_prompts
-            spatial_query_index = torch.randint(
-                0, object_content.shape[0], (self.queries_per_prompt * num_prompts,), generator=generator
-            )
+            if spatial_query_index is None:
+                spatial_query_index, memory_slot_prompt_index = self.draw_query_choices(
+                    spatial_tokens.num_prompts, previous_masks is not None, generator
+                )
+            if previous_masks is not None:
+                if memory_slot_prompt_index is None:
+                    raise ValueError("previous_masks and spatial_query_index need memory_slot_prompt_index")
+                slot_prompts = list(memory_slot_prompt_index)
             sequence.content["spatial"] = object_content[spatial_query_index]
             sequence.position["spatial"] = object_position[spatial_query_index]
             if previous_masks is not None:
@@ -261,18 +268,14 @@ class SEEMDecoder(nn.Module):
             sequence, cross_names, mask_features, class_text_embeddings, sizes[0]
         )
         predictions.append(prediction)
-        memory_slot_prompt_index = []
         for layer in range(self.num_layers):
             level = layer % self.num_feature_levels
             cross_lengths = [sequence.content[name].shape[0] for name in cross_names]
             if "memory" in sequence.content:
-                slot_prompt = self._assign_memory_slots(num_prompts, generator)
-                memory_slot_prompt_index.append(slot_prompt)
                 attention_blocked = self._with_memory_rows(
-                    attention_blocked, cross_lengths, previous_masks, sizes[level], slot_prompt
+                    attention_blocked, cross_lengths, previous_masks, sizes[level], slot_prompts[layer]
                 )
-            attention_blocked = attention_blocked.clone()
-            attention_blocked[attention_blocked.all(dim=-1)] = False
+            attention_blocked = attention_blocked & ~attention_blocked.all(dim=-1, keepdim=True)
             queries = torch.cat([sequence.content[name] for name in cross_names])
             query_position = torch.cat([sequence.position[name] for name in cross_names])
             queries = self.transformer_cross_attention_layers[layer](
@@ -292,8 +295,7 @@ class SEEMDecoder(nn.Module):
                 grounding,
                 spatial_tokens,
                 level,
-                num_prompts,
-                memory_slot_prompt_index[-1] if "memory" in sequence.content else None,
+                slot_prompts[layer] if "memory" in sequence.content else None,
             )
             updated = torch.cat([sequence.content[name] for name in self_names])
             position = torch.cat([sequence.position[name] for name in self_names])
@@ -313,17 +315,26 @@ class SEEMDecoder(nn.Module):
             predictions=predictions,
             spatial_tokens=spatial_tokens,
             spatial_query_index=spatial_query_index,
-            memory_slot_prompt_index=memory_slot_prompt_index,
+            memory_slot_prompt_index=slot_prompts,
         )
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
-    def _split_into(sequence: _Sequence, names: list[str], stacked: Tensor) -> None:
+    def _spans(sequence: _Sequence, names: list[str]) -> dict[str, slice]:
+        """Where each named group lies in the concatenation of `names`, in order."""
+        spans = {}
         start = 0
         for name in names:
-            length = sequence.content[name].shape[0]
-            sequence.content[name] = stacked[start : start + length]
-            start += length
+            # a new object each step, never `+=`: while tracing for ONNX, sizes are tensors
+            end = start + sequence.content[name].shape[0]
+            spans[name] = slice(start, end)
+            start = end
+        return spans
+
+    @staticmethod
+    def _split_into(sequence: _Sequence, names: list[str], stacked: Tensor) -> None:
+        for name, span in SEEMDecoder._spans(sequence, names).items():
+            sequence.content[name] = stacked[span]
 
     def _predict(
         self,
@@ -344,12 +355,7 @@ class SEEMDecoder(nn.Module):
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked.repeat_interleave(self.num_heads, dim=0).detach()
 
-        groups = {}
-        start = 0
-        for name in cross_names:
-            length = sequence.content[name].shape[0]
-            groups[name] = slice(start, start + length)
-            start += length
+        groups = self._spans(sequence, cross_names)
         objects = groups["object"]
         prediction = DecoderPrediction(
             object_logits=self.lang_encoder.similarity(class_embeddings[:, objects], class_text_embeddings),
@@ -365,6 +371,22 @@ class SEEMDecoder(nn.Module):
             prediction.spatial_class_embeddings = class_embeddings[:, groups["spatial"]]
             prediction.spatial_mask_embeddings = mask_embeddings[:, groups["spatial"]]
         return prediction, blocked
+
+    def draw_query_choices(
+        self, num_prompts: int, with_memory: bool, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The random choices of a pass with `num_prompts` visual prompts, drawn in the official order.
+
+        Returns the object query copied into each spatial query, (queries_per_prompt * n,) long, and,
+        with memory, the prompt each memory slot serves in each layer, (num_layers, M) long (else None).
+        """
+        spatial_query_index = torch.randint(
+            0, self.query_feat.weight.shape[0], (self.queries_per_prompt * num_prompts,), generator=generator
+        )
+        if not with_memory:
+            return spatial_query_index, None
+        slots = [self._assign_memory_slots(num_prompts, generator) for _ in range(self.num_layers)]
+        return spatial_query_index, torch.stack(slots)
 
     def _assign_memory_slots(self, num_prompts: int, generator: torch.Generator | None) -> Tensor:
         """Which prompt each memory slot serves: (M,) long, sorted (drawn as the official code does)."""
@@ -401,7 +423,6 @@ class SEEMDecoder(nn.Module):
         grounding: GroundingTokens | None,
         spatial_tokens: SpatialPromptTokens | None,
         level: int,
-        num_prompts: int,
         slot_prompt: Tensor | None,
     ) -> Tensor:
         """(B * heads, L, L) bool self-attention mask, True = may not attend.
@@ -411,14 +432,10 @@ class SEEMDecoder(nn.Module):
         tokens to tokens of the same prompt; memory slots to slots of the same prompt. Padding
         tokens are cut off (spatial padding tokens only see each other).
         """
-        spans = {}
-        start = 0
-        for name in names:
-            length = sequence.content[name].shape[0]
-            spans[name] = slice(start, start + length)
-            start += length
+        spans = self._spans(sequence, names)
+        length = spans[names[-1]].stop
         device = sequence.content["object"].device
-        blocked = torch.ones((batch, start, start), dtype=torch.bool, device=device)
+        blocked = torch.ones((batch, length, length), dtype=torch.bool, device=device)
         blocked[:, spans["object"], spans["object"]] = False
         if grounding is not None:
             queries, tokens = spans["grounding"], spans["grounding_tokens"]
@@ -426,15 +443,14 @@ class SEEMDecoder(nn.Module):
                 for cols in (queries, tokens):
                     blocked[:, rows, cols] = False
             padding = grounding.padding
-            token_block = blocked[:, tokens, tokens]
-            token_block[padding] = True
-            token_block.transpose(1, 2)[padding] = True
-            blocked[:, tokens, tokens] = token_block
-            blocked[:, queries, tokens] |= padding[:, None, :]
-            blocked[:, tokens, queries] |= padding[:, :, None]
+            padded_pairs = padding[:, :, None] | padding[:, None, :]
+            blocked[:, tokens, tokens] = blocked[:, tokens, tokens] | padded_pairs
+            blocked[:, queries, tokens] = blocked[:, queries, tokens] | padding[:, None, :]
+            blocked[:, tokens, queries] = blocked[:, tokens, queries] | padding[:, :, None]
         if spatial_tokens is not None:
             queries, tokens = spans["spatial"], spans["spatial_tokens"]
-            query_prompt = torch.arange(num_prompts, device=device).repeat_interleave(self.queries_per_prompt)
+            num_queries = sequence.content["spatial"].shape[0]
+            query_prompt = torch.arange(num_queries, device=device) // self.queries_per_prompt
             blocked[:, queries, queries] = query_prompt[None, :, None] != query_prompt[None, None, :]
             token_prompt = spatial_tokens.level_prompt_index[level].permute(0, 2, 1)
             blocked[:, queries, tokens] = token_prompt != query_prompt[None, :, None]

@@ -1,0 +1,312 @@
+"""Decoder backends: SEEM's decoder in ONNX Runtime, one exported graph per decoder configuration.
+
+    decoder = OnnxDecoder(model, preset="focalt_v1")
+    predictor = SeemPredictor(model, tokenizer, decoder_backend=decoder)
+
+Each configuration (`DecoderGraphKind`: generic, + grounding text, + visual prompts, + their memory) is
+exported the first time a call needs it, checked against PyTorch, and kept in the same on-disk cache as the
+image encoder (see `seem_ros.model.onnx_decoder_export`). Visual prompt tokens and the pass's random
+choices are made in PyTorch from the caller's generator, in the official order, so a seeded call gives the
+same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seem_ros.engine.onnx_backend import ACCELERATED_PROVIDERS, default_providers, onnx_cache_dir
+from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.onnx_decoder_export import (
+    DECODER_EXPORT_FORMAT_VERSION,
+    DEFAULT_OPSET,
+    DecoderGraphKind,
+    export_and_check_decoder,
+)
+from seem_ros.model.onnx_export import ExportCheck
+from seem_ros.model.seem import SEEM
+from seem_ros.model.spatial_prompts import SpatialPromptTokens
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+_ELEMENT_TYPES = {torch.float32: np.float32, torch.int64: np.int64}
+
+
+@runtime_checkable
+class DecoderBackend(Protocol):
+    """Something that runs `SEEM.decode` for some calls (what `SeemPredictor` calls instead of PyTorch)."""
+
+    name: str
+
+    def supports(
+        self,
+        features: PixelFeatures,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+    ) -> bool:
+        """Whether `__call__` can run a call with these inputs (else the caller uses PyTorch)."""
+        ...
+
+    def __call__(
+        self,
+        features: PixelFeatures,
+        class_text_embeddings: Tensor,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """`SEEM.decode` with precomputed spatial tokens; `predictions` may hold only the final step."""
+        ...
+
+
+def decoder_fingerprint(decoder: SEEMDecoder) -> str:
+    """Hex digest (32 characters) of the decoder weights a graph holds (names, shapes, values): every
+    parameter and buffer except the text tower, of which only the logit scale is used."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in decoder.state_dict().items():
+        if name.startswith("lang_encoder.") and name != "lang_encoder.logit_scale":
+            continue
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)};".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_cached_decoder(
+    decoder: SEEMDecoder,
+    preset: str,
+    kind: DecoderGraphKind,
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    fingerprint: str | None = None,
+) -> tuple[Path, list[ExportCheck]]:
+    """The cached ONNX file of `decoder`'s graph of `kind`, exported and checked against PyTorch when missing.
+
+    The file is `<cache_dir>/<preset>-decoder-<kind>-<fingerprint>-v<format>-opset<opset>.onnx`; cache_dir
+    defaults to `onnx_cache_dir()`, fingerprint to `decoder_fingerprint(decoder)`. Returns the path and
+    the checks of a fresh export (empty when the file was already there).
+    """
+    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
+    fingerprint = fingerprint or decoder_fingerprint(decoder)
+    name = f"{preset}-decoder-{kind.name}-{fingerprint}-v{DECODER_EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
+    path = folder / name
+    if path.is_file():
+        return path, []
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(suffix=".onnx.partial", dir=folder)
+    os.close(handle)
+    try:
+        checks = export_and_check_decoder(
+            decoder,
+            kind,
+            temporary,
+            opset=opset,
+            metadata={"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint},
+        )
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return path, checks
+
+
+class OnnxDecoder:
+    """SEEM's decoder in ONNX Runtime sessions, one per decoder configuration, exported on first use.
+
+    Args:
+        model: the SEEM model whose decoder is exported (its PyTorch decoder also draws the random choices).
+        preset: the preset name, part of the cached file names.
+        cache_dir: where exported graphs are kept; `onnx_cache_dir()` by default.
+        providers: execution providers in order of preference; `default_providers()` by default.
+        num_threads: intra-op threads of the CPU provider; None lets ONNX Runtime choose.
+        opset: ONNX opset of exported graphs (17 or newer).
+
+    Calls it supports (`supports`): batch 1, grounding tokens without padding. `__call__` returns a
+    `DecoderOutput` whose `predictions` holds only the final step (the graph returns no intermediate step).
+    """
+
+    name = "onnx"
+
+    def __init__(
+        self,
+        model: SEEM,
+        preset: str,
+        cache_dir: str | Path | None = None,
+        providers: Sequence[str] | None = None,
+        num_threads: int | None = None,
+        opset: int = DEFAULT_OPSET,
+    ) -> None:
+        import onnxruntime
+
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+        self.decoder = model.decoder
+        self.preset = preset
+        self.cache_dir = cache_dir
+        self.opset = opset
+        self.num_threads = num_threads
+        requested = list(providers) if providers is not None else default_providers()
+        available = onnxruntime.get_available_providers()
+        missing = [provider for provider in requested if provider not in available]
+        if missing:
+            raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
+        self.requested_providers = requested
+        on_gpu = any(provider in ACCELERATED_PROVIDERS for provider in requested)
+        self.device = torch.device("cuda", 0) if on_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.paths: dict[DecoderGraphKind, Path] = {}
+        self._fingerprint = decoder_fingerprint(self.decoder)
+        self._sessions: dict[DecoderGraphKind, onnxruntime.InferenceSession] = {}
+
+    def prepare(self, kinds: Sequence[DecoderGraphKind]) -> None:
+        """Export (when not cached) and load the graphs of `kinds` now rather than on first use."""
+        for kind in kinds:
+            self._session(kind)
+
+    def _session(self, kind: DecoderGraphKind) -> onnxruntime.InferenceSession:
+        session = self._sessions.get(kind)
+        if session is None:
+            import onnxruntime
+
+            path, _ = export_cached_decoder(
+                self.decoder, self.preset, kind, self.cache_dir, self.opset, self._fingerprint
+            )
+            options = onnxruntime.SessionOptions()
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if self.num_threads is not None:
+                options.intra_op_num_threads = self.num_threads
+            session = onnxruntime.InferenceSession(str(path), options, providers=self.requested_providers)
+            self.paths[kind] = path
+            self._sessions[kind] = session
+        return session
+
+    def supports(
+        self,
+        features: PixelFeatures,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+    ) -> bool:
+        """True for batch 1 and grounding tokens without padding (what `SeemPredictor` passes)."""
+        if features.mask_features.shape[0] != 1:
+            return False
+        if previous_masks is not None and spatial_tokens is None:
+            return False
+        return grounding is None or not bool(grounding.padding.any())
+
+    def __call__(
+        self,
+        features: PixelFeatures,
+        class_text_embeddings: Tensor,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """Decode one image's features. Shapes as in `SEEMDecoder.forward`; the random choices are drawn
+        from `generator` as the PyTorch decoder draws them. Outputs are float32 on the features' device."""
+        if not self.supports(features, grounding, spatial_tokens, previous_masks):
+            raise ValueError(
+                "this call is not supported by the ONNX decoder (batch must be 1, grounding tokens without "
+                "padding, previous_masks only with visual prompts); run SEEM.decode instead"
+            )
+        kind = DecoderGraphKind(
+            grounding=grounding is not None,
+            spatial=spatial_tokens is not None,
+            memory=previous_masks is not None,
+        )
+        inputs = [features.mask_features, *features.multi_scale_features, class_text_embeddings]
+        spatial_query_index = memory_slot_prompt_index = None
+        num_spatial = 0
+        if grounding is not None:
+            inputs.append(grounding.tokens)
+        if spatial_tokens is not None:
+            spatial_query_index, memory_slot_prompt_index = self.decoder.draw_query_choices(
+                spatial_tokens.num_prompts, previous_masks is not None, generator
+            )
+            inputs += [*spatial_tokens.level_tokens, *spatial_tokens.level_prompt_index, spatial_query_index]
+            num_spatial = spatial_query_index.shape[0]
+        if previous_masks is not None:
+            inputs += [previous_masks, memory_slot_prompt_index]
+        outputs = self._run(
+            kind, inputs, features.mask_features.shape[-2:], class_text_embeddings.shape[0], num_spatial
+        )
+        outputs = [output.to(features.mask_features.device) for output in outputs]
+        prediction = DecoderPrediction(*outputs[:4])
+        rest = outputs[4:]
+        if grounding is not None:
+            prediction.grounding_masks, prediction.grounding_class_embeddings = rest[:2]
+            rest = rest[2:]
+        if spatial_tokens is not None:
+            (
+                prediction.spatial_masks,
+                prediction.spatial_class_embeddings,
+                prediction.spatial_mask_embeddings,
+            ) = rest
+        return DecoderOutput(
+            predictions=[prediction],
+            spatial_tokens=spatial_tokens,
+            spatial_query_index=spatial_query_index,
+            memory_slot_prompt_index=list(memory_slot_prompt_index) if previous_masks is not None else [],
+        )
+
+    def _run(
+        self,
+        kind: DecoderGraphKind,
+        inputs: list[Tensor],
+        mask_size: Sequence[int],
+        num_classes: int,
+        num_spatial: int,
+    ) -> list[Tensor]:
+        """Bind inputs and preallocated outputs (torch tensors on the session's device) and run.
+
+        num_classes: K+1. num_spatial: 3n spatial queries (0 without visual prompts)."""
+        session = self._session(kind)
+        decoder = self.decoder
+        num_queries, dim = decoder.query_feat.weight.shape
+        mask_dim = decoder.mask_embed.layers[-1].out_features
+        height, width = mask_size
+        shapes = [(num_queries, num_classes), (num_queries, height, width), (num_queries, dim)]
+        shapes.append((num_queries, mask_dim))
+        if kind.grounding:
+            shapes += [(num_queries, height, width), (num_queries, dim)]
+        if kind.spatial:
+            shapes += [(num_spatial, height, width), (num_spatial, dim), (num_spatial, mask_dim)]
+        outputs = [torch.empty((1, *shape), device=self.device) for shape in shapes]
+        # the bound buffers must stay alive until the run ends
+        bound = [
+            value.to(self.device, torch.int64 if value.dtype == torch.int64 else torch.float32).contiguous()
+            for value in inputs
+        ]
+        binding = session.io_binding()
+        for name, value in zip(kind.input_names(decoder.num_feature_levels), bound, strict=True):
+            binding.bind_input(name, *_buffer(value))
+        for name, output in zip(kind.output_names(), outputs, strict=True):
+            binding.bind_output(name, *_buffer(output))
+        if self.device.type == "cuda":
+            binding.synchronize_inputs()
+        session.run_with_iobinding(binding)
+        if self.device.type == "cuda":
+            binding.synchronize_outputs()
+        return outputs
+
+
+def _buffer(tensor: Tensor) -> tuple[str, int, type, list[int], int]:
+    """The (device_type, device_id, element_type, shape, pointer) IO binding needs for a tensor."""
+    return (
+        tensor.device.type,
+        tensor.device.index or 0,
+        _ELEMENT_TYPES[tensor.dtype],
+        list(tensor.shape),
+        tensor.data_ptr(),
+    )

@@ -1,0 +1,316 @@
+"""The ONNX decoder: parity with the official tensors (generic and spatial with memory), dynamic counts and
+sizes, the export cache, and the predictor / segmenter giving the same masks with it as with PyTorch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.onnx_decoder import DecoderBackend, OnnxDecoder, decoder_fingerprint
+from seem_ros.engine.predictor import SeemPredictor
+from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
+from seem_ros.engine.segmenter import build_segmenter
+from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS, DecoderGraphKind
+from seem_ros.model.presets import build_preset, randomize_weights
+from seem_ros.model.seem import SEEM
+from seem_ros.model.tokenizer import ClipTokenizer
+
+TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+LOGIT_TOLERANCE = {"atol": 1e-3, "rtol": 0.0}
+MIN_MASK_IOU = 0.99
+
+
+@pytest.fixture(scope="module")
+def tiny_model(reference_dir: Path) -> SEEM:
+    model = build_preset("focalt_tiny")
+    model.load_state_dict(load_file(reference_dir / "tiny_focalt_v1.safetensors"))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_decoder(tiny_model: SEEM, tmp_path_factory: pytest.TempPathFactory) -> OnnxDecoder:
+    cache = tmp_path_factory.mktemp("onnx_decoder")
+    return OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=cache, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def panoptic(reference_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(reference_dir / "panoptic" / "tensors.safetensors")
+
+
+def _features(tensors: dict[str, torch.Tensor]) -> PixelFeatures:
+    return PixelFeatures(
+        mask_features=tensors["mask_features"],
+        multi_scale_features=[tensors[f"multi_scale_features_{level}"] for level in range(3)],
+    )
+
+
+def _assert_same_final(got: DecoderOutput, want: DecoderOutput) -> None:
+    for name in (
+        "object_logits",
+        "object_masks",
+        "object_class_embeddings",
+        "object_mask_embeddings",
+        "grounding_masks",
+        "grounding_class_embeddings",
+        "spatial_masks",
+        "spatial_class_embeddings",
+        "spatial_mask_embeddings",
+    ):
+        expected = getattr(want.final, name)
+        if expected is None:
+            assert getattr(got.final, name) is None, name
+        else:
+            torch.testing.assert_close(getattr(got.final, name), expected, **TOLERANCE, msg=name)
+    if want.spatial_query_index is not None:
+        assert torch.equal(got.spatial_query_index, want.spatial_query_index)
+    assert len(got.memory_slot_prompt_index) == len(want.memory_slot_prompt_index)
+    for got_slots, want_slots in zip(
+        got.memory_slot_prompt_index, want.memory_slot_prompt_index, strict=True
+    ):
+        assert torch.equal(got_slots, want_slots)
+
+
+def test_generic_decoder_matches_official_tensors(
+    onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor]
+) -> None:
+    assert isinstance(onnx_decoder, DecoderBackend)
+    output = onnx_decoder(_features(panoptic), panoptic["class_text_embeddings"])
+    assert len(output.predictions) == 1
+    torch.testing.assert_close(output.final.object_logits, panoptic["pred_logits"], **LOGIT_TOLERANCE)
+    torch.testing.assert_close(output.final.object_masks, panoptic["pred_masks"], **TOLERANCE)
+    assert set(onnx_decoder.paths) == {DecoderGraphKind()}
+
+
+def test_spatial_memory_matches_pytorch_and_official_tensors(
+    tiny_model: SEEM,
+    onnx_decoder: OnnxDecoder,
+    panoptic: dict[str, torch.Tensor],
+    reference_dir: Path,
+) -> None:
+    stored = load_file(reference_dir / "memory_round2" / "tensors.safetensors")
+    features = _features(panoptic)
+    positive = stored["spatial_query_pos_mask"][0].bool()
+    negative = stored["spatial_query_neg_mask"][0].bool()
+    outputs = {}
+    for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
+        generator = torch.Generator().manual_seed(int(stored["rng_seed"][0]))
+        with torch.no_grad():
+            tokens = tiny_model.encode_spatial_reference(features, positive, negative, generator)
+            outputs[name] = decode(
+                features,
+                panoptic["class_text_embeddings"],
+                spatial_tokens=tokens,
+                previous_masks=stored["input_prev_mask"],
+                generator=generator,
+            )
+    onnx_output = outputs["onnx"]
+    _assert_same_final(onnx_output, outputs["torch"])
+    assert torch.equal(onnx_output.spatial_query_index, stored["spatial_query_sample_index"])
+    assert torch.equal(torch.stack(onnx_output.memory_slot_prompt_index), stored["memory_slot_prompt_index"])
+    final = onnx_output.final
+    torch.testing.assert_close(final.spatial_masks, stored["pred_smasks"], **TOLERANCE)
+    torch.testing.assert_close(final.spatial_mask_embeddings, stored["pred_smaskembs"], **TOLERANCE)
+    torch.testing.assert_close(final.spatial_class_embeddings, stored["pred_stexts"], **TOLERANCE)
+    torch.testing.assert_close(final.object_logits, stored["pred_logits"], **LOGIT_TOLERANCE)
+    selection = tiny_model.select_spatial_masks(onnx_output)
+    torch.testing.assert_close(selection.masks, stored["prev_mask"], **TOLERANCE)
+    assert DecoderGraphKind(spatial=True, memory=True) in onnx_decoder.paths
+
+
+@pytest.mark.parametrize(
+    ("padded_size", "num_prompts", "kind"),
+    [
+        ((320, 416), 1, DecoderGraphKind(spatial=True)),
+        ((96, 64), 3, DecoderGraphKind(spatial=True, memory=True)),
+        ((128, 256), 2, DecoderGraphKind(grounding=True)),
+        ((192, 160), 2, DecoderGraphKind(grounding=True, spatial=True, memory=True)),
+    ],
+)
+def test_dynamic_counts_and_sizes_match_pytorch(
+    tiny_model: SEEM,
+    onnx_decoder: OnnxDecoder,
+    panoptic: dict[str, torch.Tensor],
+    padded_size: tuple[int, int],
+    num_prompts: int,
+    kind: DecoderGraphKind,
+) -> None:
+    generator = torch.Generator().manual_seed(num_prompts)
+    image = torch.randn(1, 3, *padded_size, generator=generator)
+    with torch.no_grad():
+        features = tiny_model.encode_image(image)
+    height, width = padded_size
+    positive = torch.zeros(num_prompts, height, width, dtype=torch.bool)
+    negative = torch.zeros_like(positive)
+    for prompt in range(num_prompts):
+        top, left = (prompt + 1) * height // (num_prompts + 2), (prompt + 1) * width // (num_prompts + 2)
+        positive[prompt, top : top + 6, left : left + 6 * (prompt + 1)] = True
+        negative[prompt, top + 12 : top + 14, left : left + 4] = prompt > 0
+    previous = 3.0 * torch.randn(1, num_prompts, height // 4, width // 4, generator=generator)
+    grounding_tokens = torch.randn(
+        4 + num_prompts, 1, tiny_model.decoder.class_embed.shape[0], generator=generator
+    )
+    grounding = GroundingTokens(
+        grounding_tokens, torch.zeros((1, grounding_tokens.shape[0]), dtype=torch.bool)
+    )
+    classes = panoptic["class_text_embeddings"][: 3 + num_prompts]
+    outputs = {}
+    for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
+        prompt_generator = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            tokens = tiny_model.encode_spatial_reference(features, positive, negative, prompt_generator)
+            outputs[name] = decode(
+                features,
+                classes,
+                grounding=grounding if kind.grounding else None,
+                spatial_tokens=tokens if kind.spatial else None,
+                previous_masks=previous if kind.memory else None,
+                generator=prompt_generator,
+            )
+    _assert_same_final(outputs["onnx"], outputs["torch"])
+    assert outputs["onnx"].final.object_masks.shape[-2:] == (height // 4, width // 4)
+    assert kind in onnx_decoder.paths
+
+
+def test_unsupported_calls_are_refused(onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor]) -> None:
+    features = _features(panoptic)
+    tokens = torch.zeros(3, 1, panoptic["class_text_embeddings"].shape[1])
+    padded = GroundingTokens(tokens, torch.tensor([[False, False, True]]))
+    assert not onnx_decoder.supports(features, grounding=padded)
+    batch = PixelFeatures(
+        mask_features=features.mask_features.repeat(2, 1, 1, 1),
+        multi_scale_features=[level.repeat(2, 1, 1, 1) for level in features.multi_scale_features],
+    )
+    assert not onnx_decoder.supports(batch)
+    with pytest.raises(ValueError, match="not supported by the ONNX decoder"):
+        onnx_decoder(batch, panoptic["class_text_embeddings"])
+
+
+def test_cache_exports_each_graph_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> None:
+    first = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
+    first.prepare([DecoderGraphKind()])
+    path = first.paths[DecoderGraphKind()]
+    modified = path.stat().st_mtime_ns
+    assert decoder_fingerprint(tiny_model.decoder) in path.name and "-decoder-generic-" in path.name
+    again = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
+    again.prepare([DecoderGraphKind()])
+    assert again.paths[DecoderGraphKind()] == path and path.stat().st_mtime_ns == modified
+
+    other = randomize_weights(build_preset("focalt_tiny"), seed=3).eval()
+    third = OnnxDecoder(other, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
+    third.prepare([DecoderGraphKind()])
+    assert third.paths[DecoderGraphKind()] != path
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".onnx", ".onnx"]
+
+
+def test_graph_kinds() -> None:
+    assert [kind.name for kind in ALL_GRAPH_KINDS] == [
+        "generic",
+        "spatial",
+        "spatial_memory",
+        "grounding",
+        "grounding_spatial",
+        "grounding_spatial_memory",
+    ]
+    with pytest.raises(ValueError, match="spatial=True"):
+        DecoderGraphKind(memory=True)
+
+
+def _iou(first: np.ndarray, second: np.ndarray) -> float:
+    union = np.logical_or(first, second).sum()
+    return 1.0 if union == 0 else float(np.logical_and(first, second).sum() / union)
+
+
+def test_predictor_gives_the_same_masks(
+    tiny_model: SEEM, onnx_decoder: OnnxDecoder, reference_dir: Path, tmp_path: Path
+) -> None:
+    case = json.loads((reference_dir / "panoptic" / "case.json").read_text())
+    names = [name for name in case["vocabulary"] if name != "background"]
+    vocabulary = Vocabulary.from_names(names, [names[index] for index in case["thing_class_ids"]])
+    rgb = np.asarray(Image.open(reference_dir / "images" / "zebras1.png").convert("RGB"))
+    tokenizer = ClipTokenizer(cache_dir=tmp_path)
+    cache = VocabularyCache(tiny_model.language_encoder, use_disk=False, templates=("a photo of a {}.",))
+    targets = [
+        Target(text=TextPrompt("the zebra on the left")),
+        Target(visual=(ClickPrompt(rgb.shape[1] * 0.3, rgb.shape[0] * 0.6),)),
+        Target(visual=(ClickPrompt(rgb.shape[1] * 0.7, rgb.shape[0] * 0.5),), text=TextPrompt("zebra")),
+    ]
+    predictors = {
+        name: SeemPredictor(
+            tiny_model,
+            tokenizer,
+            vocabulary=vocabulary,
+            short_side=256,
+            vocabulary_cache=cache,
+            decoder_backend=backend,
+        )
+        for name, backend in (("torch", None), ("onnx", onnx_decoder))
+    }
+    ious = []
+    for predictor in predictors.values():
+        predictor.set_image(rgb)
+    first = {name: predictor.predict(targets, generic=True) for name, predictor in predictors.items()}
+    memory = {
+        name: predictor.predict(targets, [t.mask_logits for t in first[name].targets], generic=True)
+        for name, predictor in predictors.items()
+    }
+    for results in (first, memory):
+        torch_generic, onnx_generic = results["torch"].generic, results["onnx"].generic
+        assert torch_generic.segments
+        assert [s.class_id for s in onnx_generic.segments] == [s.class_id for s in torch_generic.segments]
+        assert np.mean(onnx_generic.panoptic == torch_generic.panoptic) >= MIN_MASK_IOU
+        for torch_target, onnx_target in zip(results["torch"].targets, results["onnx"].targets, strict=True):
+            assert torch_target.mask.any()
+            ious.append(_iou(torch_target.mask, onnx_target.mask))
+            torch.testing.assert_close(onnx_target.mask_logits, torch_target.mask_logits, **TOLERANCE)
+            assert onnx_target.class_id == torch_target.class_id
+    assert min(ious) >= MIN_MASK_IOU
+    assert DecoderGraphKind(grounding=True, spatial=True, memory=True) in onnx_decoder.paths
+
+
+def test_onnx_segmenter_gives_the_same_masks(
+    reference_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEEM_ROS_CACHE_DIR", str(tmp_path))
+    rgb = np.asarray(Image.open(reference_dir / "images" / "zebras1.png").convert("RGB"))
+    segmenters = {
+        backend: build_segmenter(
+            SegmenterConfig(
+                preset="focalt_tiny",
+                checkpoint=str(reference_dir / "tiny_focalt_v1.safetensors"),
+                device="cpu",
+                backend=backend,
+                short_side=256,
+                score_threshold=0.4,
+            )
+        )
+        for backend in ("torch", "onnx")
+    }
+    assert segmenters["onnx"].predictor.decoder_backend is not None
+    frames = {}
+    for segmenter in segmenters.values():
+        segmenter.add_click(rgb.shape[1] * 0.3, rgb.shape[0] * 0.6, True)
+        segmenter.set_text_prompt("zebra")
+    for backend, segmenter in segmenters.items():
+        frames[backend] = [segmenter.process(rgb) for _ in range(2)]
+    for torch_frame, onnx_frame in zip(frames["torch"], frames["onnx"], strict=True):
+        tracked = [instance for instance in torch_frame.instances if instance.track_id]
+        assert len(tracked) == 2
+        onnx_tracks = {instance.track_id: instance for instance in onnx_frame.instances if instance.track_id}
+        for instance in tracked:
+            assert instance.mask.any()
+            assert _iou(instance.mask, onnx_tracks[instance.track_id].mask) >= MIN_MASK_IOU
+        assert np.mean(torch_frame.panoptic == onnx_frame.panoptic) >= MIN_MASK_IOU
+    used = set(segmenters["onnx"].predictor.decoder_backend.paths)
+    assert DecoderGraphKind(spatial=True, memory=True) in used
+    assert any(kind.grounding for kind in used)
