@@ -13,6 +13,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.visualize import instance_color
 from seem_ros.ros import conversions as conv
 
 HEADER = Header(stamp=Time(sec=5, nanosec=6), frame_id="camera_optical")
@@ -246,7 +247,7 @@ def test_overlay_tints_only_the_instance():
     overlay = conv.overlay_image(rgb, result, HEADER, alpha=0.5, draw_labels=False)
     assert (overlay.encoding, overlay.width, overlay.height, overlay.header) == ("rgb8", 80, 60, HEADER)
     pixels = conv.image_to_array(overlay)
-    color = np.array(conv.instance_color(1))
+    color = np.array(instance_color(1))
     np.testing.assert_array_equal(pixels[35, 55], (100 * 0.5 + color * 0.5).astype(np.uint8))
     np.testing.assert_array_equal(pixels[55, 2], [100, 100, 100])
     np.testing.assert_array_equal(pixels[20, 32], [100, 100, 100])  # the hole

@@ -3,8 +3,8 @@
     encoder = cached_onnx_image_encoder(model, preset="focalt_v1")
     predictor = SeemPredictor(model, tokenizer, image_encoder=encoder)
 
-Only the image encoder (backbone + pixel decoder) runs in ONNX Runtime; the text encoder and the decoder
-stay in PyTorch (see `seem_ros.model.onnx_export`). `onnxruntime` is imported only when a session is made.
+This module runs the image encoder (backbone + pixel decoder); `seem_ros.engine.onnx_decoder` runs the
+decoder's graphs; the text encoder stays in PyTorch. `onnxruntime` is imported only when a session is made.
 """
 
 from __future__ import annotations

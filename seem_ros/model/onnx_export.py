@@ -1,9 +1,8 @@
 """Export SEEM's image encoder (backbone + pixel decoder) to ONNX and check it in ONNX Runtime at once.
 
-Only the image encoder is exported: it is where the time goes (backbone + pixel decoder are about 3.4 s of
-the official Focal-T's 6.7 s per image on CPU) and its only input is the padded image. The text encoder and
-the decoder stay in PyTorch: the decoder's prompt inputs (grounding tokens, visual-prompt tokens, memory
-masks) vary in number and kind from call to call, and the decoder is a small part of the time.
+The image encoder is where the time goes (backbone + pixel decoder are about 3.4 s of the official
+Focal-T's 6.7 s per image on CPU) and its only input is the padded image. The decoder has graphs of its own,
+one per prompt configuration (`seem_ros.model.onnx_decoder_export`); the text encoder stays in PyTorch.
 
 Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded bottom/right (the output of
 `SEEM.preprocess`); outputs ``mask_features`` (1, D, H'/4, W'/4) and ``multi_scale_features_0/1/2``

@@ -13,8 +13,8 @@ from geometry_msgs.msg import Point, Pose, Vector3
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
+from seem_ros.engine.visualize import instance_color
 from seem_ros.msg import InstanceMask, InstanceMaskArray
-from seem_ros.ros.conversions import instance_color
 from seem_ros.ros.depth import Intrinsics
 
 LABEL_NAMESPACE = "seem_labels"
