@@ -262,7 +262,7 @@ def test_overlay_labels_draw_text():
 
 
 def test_instance_colors_differ():
-    colors = {conv.instance_color(key) for key in range(1, 30)}
+    colors = {instance_color(key) for key in range(1, 30)}
     assert len(colors) == 29
 
 
