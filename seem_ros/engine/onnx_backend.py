@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -163,21 +163,31 @@ def export_cached_image_encoder(
     Returns the path and the checks of a fresh export (empty when the file was already there). Exporting
     a full-size model takes tens of seconds on a CPU.
     """
-    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
     fingerprint = weights_fingerprint(model)
-    path = folder / f"{preset}-{fingerprint}-v{EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
+    name = f"{preset}-{fingerprint}-v{EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
+    metadata = {"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint}
+    return cached_export(
+        cache_dir,
+        name,
+        lambda path: export_and_check_image_encoder(model, path, opset=opset, metadata=metadata),
+    )
+
+
+def cached_export(
+    cache_dir: str | Path | None, name: str, export: Callable[[str], list[ExportCheck]]
+) -> tuple[Path, list[ExportCheck]]:
+    """`<cache_dir>/<name>` (cache_dir defaults to `onnx_cache_dir()`); when missing, `export(path)` writes
+    it under a temporary name that is renamed into place, so a crash never leaves a half-written model.
+    Returns the path and the checks of a fresh export (empty when the file was already there)."""
+    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
+    path = folder / name
     if path.is_file():
         return path, []
     folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(suffix=".onnx.partial", dir=folder)
     os.close(handle)
     try:
-        checks = export_and_check_image_encoder(
-            model,
-            temporary,
-            opset=opset,
-            metadata={"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint},
-        )
+        checks = export(temporary)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

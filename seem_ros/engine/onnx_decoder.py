@@ -13,8 +13,6 @@ same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is ma
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -23,7 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seem_ros.engine.onnx_backend import ACCELERATED_PROVIDERS, default_providers, onnx_cache_dir
+from seem_ros.engine.onnx_backend import (
+    ACCELERATED_PROVIDERS,
+    cached_export,
+    default_providers,
+)
 from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.onnx_decoder_export import (
@@ -98,27 +100,14 @@ def export_cached_decoder(
     defaults to `onnx_cache_dir()`, fingerprint to `decoder_fingerprint(decoder)`. Returns the path and
     the checks of a fresh export (empty when the file was already there).
     """
-    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
     fingerprint = fingerprint or decoder_fingerprint(decoder)
     name = f"{preset}-decoder-{kind.name}-{fingerprint}-v{DECODER_EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
-    path = folder / name
-    if path.is_file():
-        return path, []
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".onnx.partial", dir=folder)
-    os.close(handle)
-    try:
-        checks = export_and_check_decoder(
-            decoder,
-            kind,
-            temporary,
-            opset=opset,
-            metadata={"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint},
-        )
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return path, checks
+    metadata = {"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint}
+    return cached_export(
+        cache_dir,
+        name,
+        lambda path: export_and_check_decoder(decoder, kind, path, opset=opset, metadata=metadata),
+    )
 
 
 class OnnxDecoder:
