@@ -241,3 +241,25 @@ class NodeClient:
     def wait_for_log(self, text: str, mark: int = 0, timeout: float = 10.0) -> None:
         found = self.spin_until(lambda: text in self.log_since(mark), timeout)
         assert found, f"{text!r} not in the log of seem_node:\n{self.log_since(mark)}"
+
+
+def cleanly_stopped_node(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[NodeProcess]:
+    """Generator for fixtures: a node process, stopped afterwards, that must have exited with code 0."""
+    node = NodeProcess(command, env, log_path)
+    try:
+        yield node
+    finally:
+        exit_code = node.stop()
+    assert exit_code == 0, f"seem_node did not shut down cleanly ({exit_code}):\n{node.output()}"
+
+
+def connected_client(
+    context: rclpy.context.Context, node: NodeProcess, **options: object
+) -> Iterator[NodeClient]:
+    """Generator for fixtures: a NodeClient that has seen the node come up, closed afterwards."""
+    client = NodeClient(context, node, **options)
+    try:
+        client.wait_for_node()
+        yield client
+    finally:
+        client.close()

@@ -12,7 +12,15 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from node_client import NodeClient, camera_info, module_ros_context, node_command, point  # noqa: F401
+from node_client import (  # noqa: F401 (module_ros_context is a fixture)
+    NodeClient,
+    camera_info,
+    cleanly_stopped_node,
+    connected_client,
+    module_ros_context,
+    node_command,
+    point,
+)
 from rclpy.qos import QoSProfile
 from ros_helpers import NodeProcess, ros_environment  # noqa: F401 (fixtures)
 from sensor_msgs.msg import CompressedImage, Image
@@ -36,15 +44,6 @@ def coffee() -> np.ndarray:
     return cv2.resize(skimage.data.coffee(), (640, 480), interpolation=cv2.INTER_AREA)
 
 
-def _start(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[NodeProcess]:
-    node = NodeProcess(command, env, log_path)
-    try:
-        yield node
-    finally:
-        exit_code = node.stop()
-    assert exit_code == 0, f"seem_node did not shut down cleanly ({exit_code}):\n{node.output()}"
-
-
 @pytest.fixture(scope="module")
 def raw_node(ros_environment, reference_dir: Path, tmp_path_factory) -> Iterator[NodeProcess]:  # noqa: F811
     command = node_command(
@@ -54,7 +53,9 @@ def raw_node(ros_environment, reference_dir: Path, tmp_path_factory) -> Iterator
         diagnostics_period=0.2,
         short_side=256,
     )
-    yield from _start(command, ros_environment, tmp_path_factory.mktemp("raw") / "seem_node.log")
+    yield from cleanly_stopped_node(
+        command, ros_environment, tmp_path_factory.mktemp("raw") / "seem_node.log"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,27 +69,19 @@ def compressed_node(ros_environment, reference_dir: Path, tmp_path_factory) -> I
         diagnostics_period=0.2,
         short_side=256,
     )
-    yield from _start(command, ros_environment, tmp_path_factory.mktemp("compressed") / "seem_node.log")
+    yield from cleanly_stopped_node(
+        command, ros_environment, tmp_path_factory.mktemp("compressed") / "seem_node.log"
+    )
 
 
 @pytest.fixture(scope="module")
 def raw(module_ros_context, raw_node: NodeProcess) -> Iterator[NodeClient]:  # noqa: F811
-    client = NodeClient(module_ros_context, raw_node)
-    try:
-        client.wait_for_node()
-        yield client
-    finally:
-        client.close()
+    yield from connected_client(module_ros_context, raw_node)
 
 
 @pytest.fixture(scope="module")
 def compressed(module_ros_context, compressed_node: NodeProcess) -> Iterator[NodeClient]:  # noqa: F811
-    client = NodeClient(module_ros_context, compressed_node, compressed=True, namespace="compressed")
-    try:
-        client.wait_for_node()
-        yield client
-    finally:
-        client.close()
+    yield from connected_client(module_ros_context, compressed_node, compressed=True, namespace="compressed")
 
 
 def _refused(

@@ -22,7 +22,13 @@ import pytest
 import skimage.data
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
-from node_client import NodeClient, module_ros_context, node_command  # noqa: F401 (fixture)
+from node_client import (  # noqa: F401 (module_ros_context is a fixture)
+    NodeClient,
+    cleanly_stopped_node,
+    connected_client,
+    module_ros_context,
+    node_command,
+)
 from ros_helpers import NodeProcess, ros_environment  # noqa: F401 (fixture)
 from safetensors.torch import save_file
 
@@ -236,22 +242,14 @@ def faulty_node(
     )
     ros_arguments = arguments[arguments.index("--ros-args") :]
     command = [sys.executable, "-c", FAULTY_NODE, *ros_arguments]
-    node = NodeProcess(command, ros_environment, tmp_path_factory.mktemp("faulty") / "seem_node.log")
-    try:
-        yield node
-    finally:
-        exit_code = node.stop()
-    assert exit_code == 0, f"seem_node did not shut down cleanly ({exit_code}):\n{node.output()}"
+    yield from cleanly_stopped_node(
+        command, ros_environment, tmp_path_factory.mktemp("faulty") / "seem_node.log"
+    )
 
 
 @pytest.fixture(scope="module")
 def faulty(module_ros_context, faulty_node: NodeProcess) -> Iterator[NodeClient]:  # noqa: F811
-    client = NodeClient(module_ros_context, faulty_node)
-    try:
-        client.wait_for_node()
-        yield client
-    finally:
-        client.close()
+    yield from connected_client(module_ros_context, faulty_node)
 
 
 @pytest.fixture(scope="module")

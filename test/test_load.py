@@ -17,6 +17,8 @@ import pytest
 import skimage.data
 from node_client import (  # noqa: F401 (fixture)
     NodeClient,
+    cleanly_stopped_node,
+    connected_client,
     module_ros_context,
     node_command,
     point,
@@ -51,22 +53,14 @@ def loaded_node(
     command = node_command(
         reference_dir, diagnostics_period=0.5, max_tracks=MAX_TRACKS, max_lost_frames=3, publish_overlay=False
     )
-    node = NodeProcess(command, ros_environment, tmp_path_factory.mktemp("load") / "seem_node.log")
-    try:
-        yield node
-    finally:
-        exit_code = node.stop()
-    assert exit_code == 0, f"seem_node did not shut down cleanly ({exit_code}):\n{node.output()}"
+    yield from cleanly_stopped_node(
+        command, ros_environment, tmp_path_factory.mktemp("load") / "seem_node.log"
+    )
 
 
 @pytest.fixture(scope="module")
 def client(module_ros_context, loaded_node: NodeProcess) -> Iterator[NodeClient]:  # noqa: F811
-    test_client = NodeClient(module_ros_context, loaded_node)
-    try:
-        test_client.wait_for_node()
-        yield test_client
-    finally:
-        test_client.close()
+    yield from connected_client(module_ros_context, loaded_node)
 
 
 def _stream(client: NodeClient, frame, seconds: float, rate: float, between=None) -> list[float]:
