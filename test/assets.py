@@ -95,3 +95,14 @@ def skimage_image(name: str) -> np.ndarray:
 def reference_image(reference_dir: Path, name: str) -> np.ndarray:
     """One of the reference frames ("zebras1", "zebras2") as (H, W, 3) uint8 RGB at its stored size."""
     return np.asarray(Image.open(reference_dir / "images" / f"{name}.png").convert("RGB"))
+
+
+def tiny_reference_model(reference_dir: Path):  # noqa: ANN201 - a seem_ros SEEM model (torch imported lazily)
+    """The focalt_tiny model with the tiny reference weights, in eval mode (a fresh instance per call)."""
+    from safetensors.torch import load_file
+
+    from seem_ros.model.presets import build_preset
+
+    model = build_preset("focalt_tiny")
+    model.load_state_dict(load_file(reference_dir / "tiny_focalt_v1.safetensors"))
+    return model.eval()

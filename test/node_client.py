@@ -20,7 +20,7 @@ from geometry_msgs.msg import Point, PointStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from ros_helpers import NodeProcess, spin_until
+from ros_helpers import NodeProcess, call_service, spin_until
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -202,14 +202,15 @@ class NodeClient:
 
     def call(self, service_type, name: str, request):
         """Call a service of the node and return its response."""
-        client = self.node.create_client(service_type, self.service_prefix + name)
-        assert self.spin_until(client.service_is_ready, 10.0), f"no service {name}:\n{self.process.output()}"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, RESULT_TIMEOUT), (
-            f"{name} did not answer:\n{self.process.output()}"
+        return call_service(
+            self.node,
+            self.executor,
+            service_type,
+            self.service_prefix + name,
+            request,
+            self.process.output,
+            RESULT_TIMEOUT,
         )
-        self.node.destroy_client(client)
-        return future.result()
 
     # diagnostics
     def diagnostics(self) -> dict[str, str]:

@@ -117,3 +117,24 @@ def running_node(command: list[str], env: dict[str, str], log_path: Path) -> Ite
         yield node
     finally:
         node.stop()
+
+
+def call_service(
+    node: rclpy.node.Node,
+    executor: SingleThreadedExecutor,
+    service_type: type,
+    name: str,
+    request: object,
+    node_output: Callable[[], str],
+    timeout: float = 60.0,
+) -> object:
+    """Call a service of a node under test and return the response; a missing service or a call that does
+    not answer within timeout fails with the node's log (node_output())."""
+    client = node.create_client(service_type, name)
+    try:
+        assert spin_until(executor, client.service_is_ready, 10.0), f"no service {name}:\n{node_output()}"
+        future = client.call_async(request)
+        assert spin_until(executor, future.done, timeout), f"{name} did not answer:\n{node_output()}"
+        return future.result()
+    finally:
+        node.destroy_client(client)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from assets import reference_image, skimage_image
+from assets import reference_image, skimage_image, tiny_reference_model
 from safetensors.torch import load_file
 
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
@@ -29,7 +29,6 @@ from seem_ros.engine.prompts import (
     TextPrompt,
 )
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.presets import build_preset
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -48,9 +47,7 @@ def one_thread():
 
 
 def _tiny_model(reference_dir: Path) -> SEEM:
-    model = build_preset("focalt_tiny")
-    model.load_state_dict(load_file(reference_dir / "tiny_focalt_v1.safetensors"))
-    return model.eval()
+    return tiny_reference_model(reference_dir)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from ros_helpers import NodeProcess, ros_context, ros_environment, spin_until  # noqa: F401 (fixtures)
+from ros_helpers import (  # noqa: F401 (ros_context, ros_environment are fixtures)
+    NodeProcess,
+    call_service,
+    ros_context,
+    ros_environment,
+    spin_until,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -117,15 +123,9 @@ class Client:
         return sent
 
     def call(self, service_type, name: str, request, process: NodeProcess):
-        client = self.node.create_client(service_type, name)
-        assert spin_until(self.executor, client.service_is_ready, 10.0), (
-            f"no service {name}:\n{process.output()}"
+        return call_service(
+            self.node, self.executor, service_type, name, request, process.output, RESULT_TIMEOUT
         )
-        future = client.call_async(request)
-        assert spin_until(self.executor, future.done, RESULT_TIMEOUT), (
-            f"{name} did not answer:\n{process.output()}"
-        )
-        return future.result()
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -24,7 +24,13 @@ from geometry_msgs.msg import Point, Point32, PointStamped, Polygon, PolygonStam
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from ros_helpers import NodeProcess, ros_context, ros_environment, spin_until  # noqa: F401 (fixtures)
+from ros_helpers import (  # noqa: F401 (ros_context, ros_environment are fixtures)
+    NodeProcess,
+    call_service,
+    ros_context,
+    ros_environment,
+    spin_until,
+)
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -240,15 +246,9 @@ class Client:
         return results()
 
     def call(self, service_type, name: str, request):
-        client = self.node.create_client(service_type, name)
-        assert spin_until(self.executor, client.service_is_ready, 10.0), (
-            f"no {name}:\n{self.process.output()}"
+        return call_service(
+            self.node, self.executor, service_type, name, request, self.process.output, RESULT_TIMEOUT
         )
-        future = client.call_async(request)
-        assert spin_until(self.executor, future.done, RESULT_TIMEOUT), (
-            f"{name} hung:\n{self.process.output()}"
-        )
-        return future.result()
 
     def clear(self) -> None:
         response = self.call(Trigger, "/clear_prompts", Trigger.Request())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from assets import tiny_reference_model
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -32,9 +33,7 @@ MIN_MASK_IOU = 0.99
 
 @pytest.fixture(scope="module")
 def tiny_model(reference_dir: Path) -> SEEM:
-    model = build_preset("focalt_tiny")
-    model.load_state_dict(load_file(reference_dir / "tiny_focalt_v1.safetensors"))
-    return model.eval()
+    return tiny_reference_model(reference_dir)
 
 
 @pytest.fixture(scope="module")

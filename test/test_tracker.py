@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from assets import MediaUnavailable, read_frames, video_clip
-from safetensors.torch import load_file
+from assets import MediaUnavailable, read_frames, tiny_reference_model, video_clip
 
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, MaskPrompt, ReferringImagePrompt, Target, TextPrompt
@@ -22,7 +21,6 @@ from seem_ros.engine.results import FrameResult
 from seem_ros.engine.segmenter import SeemSegmenter
 from seem_ros.engine.tracker import Tracker, fits_image, interior_point
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.presets import build_preset
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -61,9 +59,7 @@ def frames(clip_path: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def model(reference_dir: Path) -> SEEM:
-    model = build_preset("focalt_tiny")
-    model.load_state_dict(load_file(reference_dir / "tiny_focalt_v1.safetensors"))
-    return model.eval()
+    return tiny_reference_model(reference_dir)
 
 
 @pytest.fixture(scope="module")
