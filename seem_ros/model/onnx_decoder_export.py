@@ -34,12 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
-from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck
+from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 DECODER_EXPORT_FORMAT_VERSION = 1
@@ -305,18 +304,7 @@ def check_decoder(
             expected = [output.numpy() for output in graph(*inputs)]
         feeds = {name: value.numpy() for name, value in zip(input_names, inputs, strict=True)}
         actual = session.run(output_names, feeds)
-        checks.append(
-            ExportCheck(
-                input_size=case.padded_size,
-                max_abs_diff={
-                    name: float(np.abs(got - want).max())
-                    for name, got, want in zip(output_names, actual, expected, strict=True)
-                },
-                max_abs_value={
-                    name: float(np.abs(want).max()) for name, want in zip(output_names, expected, strict=True)
-                },
-            )
-        )
+        checks.append(ExportCheck.compare(case.padded_size, output_names, actual, expected))
     return checks
 
 
@@ -332,13 +320,7 @@ def export_and_check_decoder(
     differs from PyTorch by more than max_relative_error x max(1, its largest magnitude)."""
     path = export_decoder(decoder, kind, path, opset=opset, metadata=metadata)
     checks = check_decoder(decoder, kind, path)
-    failed = [check for check in checks if check.worst_relative() > max_relative_error]
-    if failed:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"the exported {kind.name} decoder differs from PyTorch by more than {max_relative_error} "
-            "(relative): " + "; ".join(f"{check.input_size}: {check.max_abs_diff}" for check in failed)
-        )
+    raise_if_export_differs(path, f"{kind.name} decoder", checks, max_relative_error)
     return checks
 
 

@@ -76,6 +76,35 @@ class ExportCheck:
         """Largest max_abs_diff / max(1, max_abs_value) over the outputs."""
         return max(self.max_abs_diff[name] / max(1.0, self.max_abs_value[name]) for name in self.max_abs_diff)
 
+    @classmethod
+    def compare(
+        cls, input_size: tuple[int, int], names: Sequence[str], actual: Sequence, expected: Sequence
+    ) -> ExportCheck:
+        """The check of ONNX Runtime outputs `actual` against PyTorch outputs `expected` (numpy arrays)."""
+        return cls(
+            input_size=input_size,
+            max_abs_diff={
+                name: float(np.abs(got - want).max())
+                for name, got, want in zip(names, actual, expected, strict=True)
+            },
+            max_abs_value={
+                name: float(np.abs(want).max()) for name, want in zip(names, expected, strict=True)
+            },
+        )
+
+
+def raise_if_export_differs(
+    path: Path, what: str, checks: list[ExportCheck], max_relative_error: float
+) -> None:
+    """Remove the exported file and raise RuntimeError when a check exceeds max_relative_error."""
+    failed = [check for check in checks if check.worst_relative() > max_relative_error]
+    if failed:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"the exported {what} differs from PyTorch by more than {max_relative_error} (relative): "
+            + "; ".join(f"{check.input_size}: {check.max_abs_diff}" for check in failed)
+        )
+
 
 def export_image_encoder(
     model: SEEM,
@@ -157,18 +186,7 @@ def check_image_encoder(
         with torch.no_grad():
             expected = [output.numpy() for output in graph(image)]
         actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})
-        checks.append(
-            ExportCheck(
-                input_size=(height, width),
-                max_abs_diff={
-                    name: float(np.abs(got - want).max())
-                    for name, got, want in zip(OUTPUT_NAMES, actual, expected, strict=True)
-                },
-                max_abs_value={
-                    name: float(np.abs(want).max()) for name, want in zip(OUTPUT_NAMES, expected, strict=True)
-                },
-            )
-        )
+        checks.append(ExportCheck.compare((height, width), OUTPUT_NAMES, actual, expected))
     return checks
 
 
@@ -183,13 +201,7 @@ def export_and_check_image_encoder(
     an output differs from PyTorch by more than max_relative_error x max(1, its largest magnitude)."""
     path = export_image_encoder(model, path, opset=opset, metadata=metadata)
     checks = check_image_encoder(model, path)
-    failed = [check for check in checks if check.worst_relative() > max_relative_error]
-    if failed:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"the exported image encoder differs from PyTorch by more than {max_relative_error} (relative): "
-            + "; ".join(f"{check.input_size}: {check.max_abs_diff}" for check in failed)
-        )
+    raise_if_export_differs(path, "image encoder", checks, max_relative_error)
     return checks
 
 
