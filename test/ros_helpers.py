@@ -41,7 +41,7 @@ def ros_environment() -> Iterator[dict[str, str]]:
     saved = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
     try:
-        yield {**os.environ, "PYTHONUNBUFFERED": "1"}
+        yield {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     finally:
         for name, value in saved.items():
             if value is None:

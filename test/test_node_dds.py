@@ -6,6 +6,7 @@ with the same `--ros-args` the launch file would give it (seem_ros.launch_logic)
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -239,3 +240,23 @@ def test_bad_parameter_stops_startup(ros_environment: dict[str, str], tmp_path: 
         node.stop()
     assert exit_code == 2, node.output()
     assert "bad parameter, not starting: parameter 'score_threshold'" in node.output()
+
+
+def test_sigterm_stops_a_running_node_cleanly(
+    ros_environment: dict[str, str],  # noqa: F811
+    reference_dir: Path,
+    tmp_path: Path,
+):
+    checkpoint = str(reference_dir / "tiny_focalt_v1.safetensors")
+    command = _node_command(preset="focalt_tiny", checkpoint=checkpoint, device="cpu")
+    node = NodeProcess(command, ros_environment, tmp_path / "seem_node.log")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "ready:" not in node.output() and node.is_running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "ready:" in node.output(), node.output()
+        node.process.send_signal(signal.SIGTERM)
+        exit_code = node.wait(timeout=30.0)
+    finally:
+        node.stop()
+    assert exit_code == 0, node.output()

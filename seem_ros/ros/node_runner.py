@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.executors import Executor, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 
 from seem_ros.ros.parameters import ParameterError
+
+SPIN_PERIOD_S = 0.1
+"""How often the spinning main thread looks at the stop request (the longest wait after Ctrl-C)."""
+
+
+class OrderlyMultiThreadedExecutor(MultiThreadedExecutor):
+    """A MultiThreadedExecutor whose shutdown() first lets the callback its threads are running finish and
+    drops the ones still queued, and only then tears the executor down.
+
+    rclpy's own shutdown destroys the executor's guard condition before it joins its threads, so a callback
+    still queued or running fails ("cannot use Destroyable because destruction was requested").
+    """
+
+    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
 
 
 def sensor_qos(depth: int) -> QoSProfile:
@@ -30,12 +49,30 @@ def run_node(
     args: list[str] | None = None,
 ) -> int:
     """Build and spin a node (the executor is made after rclpy.init). Returns 0 after a clean shutdown
-    (Ctrl-C included), 2 for a bad parameter and 1 when `build` fails otherwise (one fatal log line each, no
-    traceback). `what` names what failed to build, e.g. "the segmenter"."""
-    rclpy.init(args=args)
+    (SIGINT or SIGTERM), 2 for a bad parameter and 1 when `build` fails otherwise (one fatal log line each, no
+    traceback). `what` names what failed to build, e.g. "the segmenter".
+
+    A signal only sets a flag here; the main thread, which spins, then stops the executor, destroys the node
+    and shuts rclpy down, in that order. rclpy's own handlers would shut the context down from their own
+    thread while the main thread is already tearing the executor and node down, a race that can end the
+    process with a segmentation fault instead of exit code 0."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     logger = rclpy.logging.get_logger(name)
+    node: Node | None = None
+    stop_requested = threading.Event()
+
+    def request_stop(_signal_number: int, _frame: object) -> None:
+        stop_requested.set()
+        if node is None:
+            raise KeyboardInterrupt  # abandons a start-up in progress (loading a model can take minutes)
+
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, request_stop)
     try:
         node = build()
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 0
     except ParameterError as error:
         logger.fatal(f"bad parameter, not starting: {error}")
         rclpy.try_shutdown()
@@ -47,9 +84,8 @@ def run_node(
     executor = make_executor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stop_requested.is_set():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     finally:
         executor.shutdown()
         node.destroy_node()

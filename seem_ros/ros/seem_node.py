@@ -51,7 +51,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PolygonStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.time import Time
@@ -77,7 +76,7 @@ from seem_ros.ros.conversions import (
 )
 from seem_ros.ros.depth import DepthBuffer, Intrinsics, depth_image_to_metres, object_geometry
 from seem_ros.ros.markers import instance_markers
-from seem_ros.ros.node_runner import run_node, sensor_qos
+from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, run_node, sensor_qos
 from seem_ros.ros.parameters import NodeSettings, declare_and_read
 from seem_ros.srv import SegmentImage, SetVocabulary
 
@@ -659,7 +658,9 @@ def _build_segmenter(settings: NodeSettings) -> FrameSegmenter:
 def main(args: list[str] | None = None) -> int:
     """Console script `seem_node`. Returns 0 after a clean shutdown, 2 for a bad parameter, 1 if the model
     cannot be built."""
-    return run_node(NODE_NAME, SeemNode, lambda: MultiThreadedExecutor(num_threads=4), "the segmenter", args)
+    return run_node(
+        NODE_NAME, SeemNode, lambda: OrderlyMultiThreadedExecutor(num_threads=4), "the segmenter", args
+    )
 
 
 if __name__ == "__main__":
