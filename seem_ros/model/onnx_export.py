@@ -9,6 +9,10 @@ Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded
 (1, C, H'/s, W'/s) for s = 32, 16, 8, all float32. Focal models get dynamic H', W' (multiples of 32);
 SAM-ViT models have a fixed square input (1024 for the released ones), so their graph is static.
 
+With ``winograd`` (the default), the pixel decoder's large 3x3 convolutions are exported in Winograd form
+(`seem_ros.model.winograd`): the same outputs up to float rounding, checked against the PyTorch model like
+every export, with a quarter of their multiplications.
+
 The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
 """
 
@@ -30,7 +34,7 @@ OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
 DEFAULT_OPSET = 17
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
 
@@ -111,11 +115,14 @@ def export_image_encoder(
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
+    winograd: bool = True,
 ) -> Path:
     """Write the image encoder of `model` (fp32, CPU) to an ONNX file.
 
     path: the .onnx file to write (its folder is created). opset: ONNX opset, 17 or newer.
     metadata: extra string entries stored in the file's metadata_props (e.g. preset, weights fingerprint).
+    winograd: export the pixel decoder's 3x3 convolutions at strides 4 and 8 in Winograd form (pixel
+        decoders that have `with_winograd_convolutions`; others are exported as they are).
     Returns the path. The model itself is not modified (the export runs on a CPU fp32 copy of the modules
     only when the model is elsewhere).
     """
@@ -128,6 +135,9 @@ def export_image_encoder(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = _cpu_float_graph(model)
+    winograd = winograd and hasattr(graph.pixel_decoder, "with_winograd_convolutions")
+    if winograd:
+        graph = ImageEncoderGraph(graph.backbone, graph.pixel_decoder.with_winograd_convolutions())
     height, width = example_input_size(model)
     example = torch.zeros(1, 3, height, width)
     dynamic_axes = None
@@ -155,6 +165,7 @@ def export_image_encoder(
         "seem_ros.export_format_version": str(EXPORT_FORMAT_VERSION),
         "seem_ros.output_strides": ",".join(str(stride) for stride in OUTPUT_STRIDES),
         "seem_ros.dynamic_input": str(has_dynamic_input(model)),
+        "seem_ros.winograd": str(winograd),
         "seem_ros.torch_version": torch.__version__,
         **(metadata or {}),
     }

@@ -1,0 +1,70 @@
+"""Winograd F(4x4, 3x3) convolution against a direct convolution computed in float64, and the pixel decoder
+with its Winograd convolutions against the model's own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from assets import tiny_reference_model
+from safetensors.torch import load_file
+
+from seem_ros.model.winograd import WinogradConv2d
+
+MAX_RELATIVE_ERROR = 5e-5
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.double() - expected).abs().max() / expected.abs().max())
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "height", "width", "bias"),
+    [(8, 16, 13, 7, True), (64, 32, 16, 24, False), (3, 5, 1, 1, True), (256, 128, 32, 44, True)],
+)
+def test_matches_direct_convolution(in_channels: int, out_channels: int, height: int, width: int, bias: bool):
+    generator = torch.Generator().manual_seed(in_channels + height)
+    conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
+    torch.nn.init.normal_(conv.weight, std=(2.0 / (9 * in_channels)) ** 0.5, generator=generator)
+    feature_map = torch.randn(1, in_channels, height, width, generator=generator)
+    expected = F.conv2d(
+        feature_map.double(),
+        conv.weight.double(),
+        None if conv.bias is None else conv.bias.double(),
+        padding=1,
+    )
+    with torch.no_grad():
+        actual = WinogradConv2d.from_conv(conv)(feature_map)
+    assert actual.shape == (1, out_channels, height, width)
+    assert _relative_error(actual, expected) < MAX_RELATIVE_ERROR
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.Conv2d(4, 4, 3, padding=1, stride=2),
+        torch.nn.Conv2d(4, 4, 3, padding=0),
+        torch.nn.Conv2d(4, 4, 3, padding=1, groups=2),
+    ],
+)
+def test_refuses_other_convolutions(conv: torch.nn.Conv2d):
+    with pytest.raises(ValueError, match="only 3x3 convolutions with stride 1, padding 1"):
+        WinogradConv2d.from_conv(conv)
+
+
+def test_pixel_decoder_with_winograd_matches_the_model(reference_dir: Path):
+    model = tiny_reference_model(reference_dir)
+    tensors = load_file(reference_dir / "panoptic" / "tensors.safetensors")
+    pixel_decoder = model.sem_seg_head.pixel_decoder
+    fast = pixel_decoder.with_winograd_convolutions()
+    with torch.no_grad():
+        features = model.backbone(tensors["image_padded_normalized"])
+        expected = pixel_decoder(features)
+        actual = fast(features)
+    torch.testing.assert_close(actual.mask_features, expected.mask_features, atol=1e-4, rtol=1e-4)
+    for got, want in zip(actual.multi_scale_features, expected.multi_scale_features, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert isinstance(pixel_decoder.mask_features, torch.nn.Conv2d), "the model itself must stay unchanged"
