@@ -8,14 +8,21 @@ from torch import Tensor, nn
 
 
 def masked_attention(
-    attention: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None
+    attention: nn.MultiheadAttention,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    blocked: Tensor | None,
+    rows_may_be_fully_blocked: bool = True,
 ) -> Tensor:
     """Multi-head attention whose fully blocked rows return zeros (before the output projection).
 
     query: (Lq, B, C); key, value: (Lk, B, C), sequence first.
-    blocked: (B * heads, Lq, Lk) bool, True = may not attend; batch-major head layout.
+    blocked: (B, Lq, Lk) bool, True = may not attend, the same for every head. It is added to the scores
+    as a bias of 0 / -inf, which gives exactly the scores a masked fill would.
     Returns (Lq, B, C). A row with every key blocked gets a zero attention vector, the official
-    decoder's `softmax(...).nan_to_num()` behaviour.
+    decoder's `softmax(...).nan_to_num()` behaviour; a caller that guarantees no such row passes
+    rows_may_be_fully_blocked=False and skips that pass (it would change nothing).
     """
     num_heads = attention.num_heads
     length_q, batch, channels = query.shape
@@ -31,8 +38,13 @@ def masked_attention(
     v = v.reshape(length_k, batch * num_heads, head_dim).transpose(0, 1)
     scores = torch.bmm(q, k.transpose(1, 2))
     if blocked is not None:
-        scores = scores.masked_fill(blocked, float("-inf"))
-    weights = torch.softmax(scores, dim=-1).nan_to_num()
+        bias = torch.zeros(blocked.shape, dtype=scores.dtype, device=scores.device)
+        bias = bias.masked_fill(blocked, float("-inf"))
+        scores = scores.view(batch, num_heads, length_q, length_k) + bias[:, None]
+        scores = scores.view(batch * num_heads, length_q, length_k)
+    weights = torch.softmax(scores, dim=-1)
+    if rows_may_be_fully_blocked:
+        weights = weights.nan_to_num()
     out = torch.bmm(weights, v).transpose(0, 1).reshape(length_q, batch, channels)
     return attention.out_proj(out)
 
@@ -46,7 +58,7 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, sequence: Tensor, position: Tensor, blocked: Tensor) -> Tensor:
-        """sequence, position: (L, B, C); blocked: (B * heads, L, L) bool. Returns (L, B, C)."""
+        """sequence, position: (L, B, C); blocked: (B, L, L) bool. Returns (L, B, C)."""
         query_key = sequence + position
         attended = masked_attention(self.self_attn, query_key, query_key, sequence, blocked)
         return self.norm(sequence + attended)
@@ -68,10 +80,15 @@ class CrossAttentionLayer(nn.Module):
         memory_position: Tensor,
         blocked: Tensor,
     ) -> Tensor:
-        """queries: (Q, B, C); memory: (HW, B, C); blocked: (B * heads, Q, HW) bool with no fully
-        blocked row. Returns (Q, B, C)."""
+        """queries: (Q, B, C); memory: (HW, B, C); blocked: (B, Q, HW) bool with no fully blocked row.
+        Returns (Q, B, C)."""
         attended = masked_attention(
-            self.multihead_attn, queries + query_position, memory + memory_position, memory, blocked
+            self.multihead_attn,
+            queries + query_position,
+            memory + memory_position,
+            memory,
+            blocked,
+            rows_may_be_fully_blocked=False,
         )
         return self.norm(queries + attended)
 
