@@ -160,18 +160,28 @@ class Bench:
             templates=VOCABULARY_TEMPLATES,
         )
         self.image_encoder = None
+        self.decoder_backend = None
         self.export_s = 0.0
         self.export_checks: list[dict] = []
 
     def prepare_onnx(self) -> None:
+        """Export (or load from the cache) the image encoder and every decoder graph, as the node's onnx
+        backend uses them; the onnx job then runs both in ONNX Runtime."""
         from seem_ros.engine.onnx_backend import OnnxImageEncoder, export_cached_image_encoder
+        from seem_ros.engine.onnx_decoder import OnnxDecoder
+        from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS
 
         start = time.perf_counter()
         path, checks = export_cached_image_encoder(self.model, self.job.preset, self.cache_dir / "onnx")
+        decoder = OnnxDecoder(
+            self.model, self.job.preset, cache_dir=self.cache_dir / "onnx", num_threads=self.job.threads
+        )
+        decoder.prepare(ALL_GRAPH_KINDS)
         self.export_s = time.perf_counter() - start
         self.export_checks = [asdict(check) for check in checks]
         if self.job.backend == "onnx":
             self.image_encoder = OnnxImageEncoder(path, num_threads=self.job.threads)
+            self.decoder_backend = decoder
 
     def predictor(self, short_side: int):
         from seem_ros.engine.predictor import SeemPredictor
@@ -184,6 +194,7 @@ class Bench:
             short_side=short_side,
             vocabulary_cache=self.vocabulary_cache,
             image_encoder=self.image_encoder,
+            decoder_backend=self.decoder_backend,
         )
 
     def repeats_within_budget(self, seconds_per_run: float, runs_left: int, spent: float) -> int:
