@@ -29,13 +29,9 @@ def test_matches_direct_convolution(in_channels: int, out_channels: int, height:
     conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
     torch.nn.init.normal_(conv.weight, std=(2.0 / (9 * in_channels)) ** 0.5, generator=generator)
     feature_map = torch.randn(1, in_channels, height, width, generator=generator)
-    expected = F.conv2d(
-        feature_map.double(),
-        conv.weight.double(),
-        None if conv.bias is None else conv.bias.double(),
-        padding=1,
-    )
     with torch.no_grad():
+        bias_64 = None if conv.bias is None else conv.bias.double()
+        expected = F.conv2d(feature_map.double(), conv.weight.double(), bias_64, padding=1)
         actual = WinogradConv2d.from_conv(conv)(feature_map)
     assert actual.shape == (1, out_channels, height, width)
     assert _relative_error(actual, expected) < MAX_RELATIVE_ERROR
