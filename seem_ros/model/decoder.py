@@ -213,7 +213,6 @@ class SEEMDecoder(nn.Module):
         generator: torch.Generator | None = None,
         spatial_query_index: Tensor | None = None,
         memory_slot_prompt_index: Tensor | None = None,
-        low_resolution_attention_masks: bool = False,
     ) -> DecoderOutput:
         """Run the decoder.
 
@@ -227,23 +226,12 @@ class SEEMDecoder(nn.Module):
         generator: the random source for query and point sampling (see spatial_prompts).
         spatial_query_index, memory_slot_prompt_index: the random choices of `draw_query_choices`, drawn
             beforehand (e.g. for an exported graph); by default drawn here from `generator`.
-        low_resolution_attention_masks: compute each cross-attention mask from the mask features resampled
-            once to that level's size, instead of resampling every step's full-size masks (the official
-            order). Bilinear resampling is linear, so the values are the same up to float rounding; a
-            caller that reads only the final step (an exported graph) then never needs the intermediate
-            full-size masks, 9 of the 10 largest products of the decoder.
         """
         if spatial_masks is not None and spatial_tokens is not None:
             raise ValueError("give either spatial_masks or spatial_tokens, not both")
         if previous_masks is not None and spatial_masks is None and spatial_tokens is None:
             raise ValueError("previous_masks need a visual prompt (spatial_masks or spatial_tokens)")
         sources, positions, sizes = self.prepare_levels(multi_scale_features)
-        attention_features: list[Tensor | None] = [None] * len(sizes)
-        if low_resolution_attention_masks:
-            attention_features = [
-                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
-                for size in sizes
-            ]
         batch = mask_features.shape[0]
         sequence = _Sequence()
         object_content = self.query_feat.weight[:, None].repeat(1, batch, 1)
@@ -277,7 +265,7 @@ class SEEMDecoder(nn.Module):
         cross_names = [name for name in _CROSS_ORDER if name in sequence.content]
         predictions = []
         prediction, attention_blocked = self._predict(
-            sequence, cross_names, mask_features, class_text_embeddings, sizes[0], attention_features[0]
+            sequence, cross_names, mask_features, class_text_embeddings, sizes[0]
         )
         predictions.append(prediction)
         for layer in range(self.num_layers):
@@ -315,14 +303,12 @@ class SEEMDecoder(nn.Module):
             updated = self.transformer_ffn_layers[layer](updated)
             self._split_into(sequence, self_names, updated)
 
-            next_level = (layer + 1) % self.num_feature_levels
             prediction, attention_blocked = self._predict(
                 sequence,
                 cross_names,
                 mask_features,
                 class_text_embeddings,
-                sizes[next_level],
-                attention_features[next_level],
+                sizes[(layer + 1) % self.num_feature_levels],
             )
             predictions.append(prediction)
         return DecoderOutput(
@@ -357,21 +343,15 @@ class SEEMDecoder(nn.Module):
         mask_features: Tensor,
         class_text_embeddings: Tensor,
         attention_size: tuple[int, int],
-        attention_features: Tensor | None,
     ) -> tuple[DecoderPrediction, Tensor]:
         """Heads on every cross-attending query; also the next cross-attention mask
-        (B, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size, from
-        the resampled masks or, when given, from attention_features (B, D, h, w), the resampled mask
-        features."""
+        (B, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size."""
         queries = torch.cat([sequence.content[name] for name in cross_names])
         normalized = self.decoder_norm(queries).transpose(0, 1)
         class_embeddings = normalized @ self.class_embed
         mask_embeddings = self.mask_embed(normalized)
         masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
-        if attention_features is None:
-            resized = F.interpolate(masks, size=attention_size, mode="bilinear", align_corners=False)
-        else:
-            resized = torch.einsum("bqc,bchw->bqhw", mask_embeddings, attention_features)
+        resized = F.interpolate(masks, size=attention_size, mode="bilinear", align_corners=False)
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked.detach()
 

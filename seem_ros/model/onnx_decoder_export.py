@@ -41,7 +41,7 @@ from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 2
+DECODER_EXPORT_FORMAT_VERSION = 3
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",
@@ -127,14 +127,11 @@ class DecoderGraph(nn.Module):
     """`SEEMDecoder.forward` with tensor-only inputs (in `DecoderGraphKind.input_names` order) and the final
     step's predictions as outputs (in `output_names` order): the module that is traced."""
 
-    def __init__(
-        self, decoder: SEEMDecoder, kind: DecoderGraphKind, low_resolution_attention_masks: bool = False
-    ) -> None:
+    def __init__(self, decoder: SEEMDecoder, kind: DecoderGraphKind) -> None:
         super().__init__()
         self.decoder = decoder
         self.kind = kind
         self.num_levels = decoder.num_feature_levels
-        self.low_resolution_attention_masks = low_resolution_attention_masks
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         named = dict(zip(self.kind.input_names(self.num_levels), inputs, strict=True))
@@ -166,7 +163,6 @@ class DecoderGraph(nn.Module):
             previous_masks=named.get("previous_masks"),
             spatial_query_index=named.get("spatial_query_index"),
             memory_slot_prompt_index=named.get("memory_slot_prompt_index"),
-            low_resolution_attention_masks=self.low_resolution_attention_masks,
         )
         final = output.final
         outputs = [
@@ -224,14 +220,11 @@ def export_decoder(
     path: str | Path,
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
-    low_resolution_attention_masks: bool = True,
 ) -> Path:
     """Write the decoder graph of `kind` (fp32, CPU) to an ONNX file.
 
     path: the .onnx file to write (its folder is created). opset: 17 or newer.
     metadata: extra string entries stored in the file's metadata_props. Returns the path.
-    low_resolution_attention_masks: see `SEEMDecoder.forward`; the graph then computes full-size masks only
-        for the final step. The check (`check_decoder`) always compares with the official order.
     """
     import onnx
 
@@ -239,7 +232,7 @@ def export_decoder(
         raise ValueError(f"opset must be {DEFAULT_OPSET} or newer (LayerNormalization), got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    graph = _cpu_float_graph(decoder, kind, low_resolution_attention_masks)
+    graph = _cpu_float_graph(decoder, kind)
     num_levels = decoder.num_feature_levels
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -260,7 +253,6 @@ def export_decoder(
     entries = {
         "seem_ros.decoder_export_format_version": str(DECODER_EXPORT_FORMAT_VERSION),
         "seem_ros.decoder_graph": kind.name,
-        "seem_ros.low_resolution_attention_masks": str(low_resolution_attention_masks),
         "seem_ros.torch_version": torch.__version__,
         **(metadata or {}),
     }
@@ -332,11 +324,9 @@ def export_and_check_decoder(
     return checks
 
 
-def _cpu_float_graph(
-    decoder: SEEMDecoder, kind: DecoderGraphKind, low_resolution_attention_masks: bool = False
-) -> DecoderGraph:
+def _cpu_float_graph(decoder: SEEMDecoder, kind: DecoderGraphKind) -> DecoderGraph:
     """The decoder graph as an fp32 CPU module in eval mode (the decoder's own modules when already so)."""
     parameter = decoder.class_embed
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         decoder = copy.deepcopy(decoder).to("cpu", torch.float32)
-    return DecoderGraph(decoder, kind, low_resolution_attention_masks).eval()
+    return DecoderGraph(decoder, kind).eval()
