@@ -75,6 +75,7 @@ from seem_ros.ros.conversions import (
     semantic_image,
 )
 from seem_ros.ros.depth import DepthBuffer, Intrinsics, depth_image_to_metres, object_geometry
+from seem_ros.ros.frames import PointTransformer
 from seem_ros.ros.markers import instance_markers
 from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, run_node, sensor_qos
 from seem_ros.ros.parameters import NodeSettings, declare_and_read
@@ -167,6 +168,7 @@ class SeemNode(Node):
         self._depth = DepthBuffer()
         self._image_size: tuple[int, int] | None = None
         self._references = StampedPairs()
+        self._point_transformer = PointTransformer(self)
         self._last_inference_error = ""
         self._reported = FrameCounters()
         self._last_error_log: dict[str, float] = {}
@@ -445,15 +447,11 @@ class SeemNode(Node):
         if info is None:
             self._input_error("clicked_point", "no CameraInfo received on camera_info yet")
             return
-        if msg.header.frame_id != info.header.frame_id:
-            self._input_error(
-                "clicked_point",
-                f"point is in frame '{msg.header.frame_id}', but only points in the camera optical frame "
-                f"'{info.header.frame_id}' can be projected (this node does not use tf); publish it there",
-            )
-            return
+        point = (msg.point.x, msg.point.y, msg.point.z)
         try:
-            x, y = project_point(info, msg.point.x, msg.point.y, msg.point.z)
+            if msg.header.frame_id != info.header.frame_id:
+                point = self._point_transformer.point_in(info.header.frame_id, msg)
+            x, y = project_point(info, *point)
         except ValueError as error:
             self._input_error("clicked_point", str(error))
             return
