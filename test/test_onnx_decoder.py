@@ -21,7 +21,7 @@ from seem_ros.engine.segmenter import build_segmenter
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens
 from seem_ros.model.features import PixelFeatures
-from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS, DecoderGraphKind
+from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS, DecoderGraphKind, export_and_check_decoder
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
@@ -313,3 +313,13 @@ def test_onnx_segmenter_gives_the_same_masks(
     used = set(segmenters["onnx"].predictor.decoder_backend.paths)
     assert DecoderGraphKind(spatial=True, memory=True) in used
     assert any(kind.grounding for kind in used)
+
+
+@pytest.mark.parametrize("preset", ["focalt_v1", "samvitb_v1"])
+def test_full_size_generic_decoder_passes_its_export_check(preset: str, tmp_path: Path) -> None:
+    """The released decoder width (512, 101 queries, 9 layers) with random weights: the exported graph must
+    stay within the export check on both check sizes, as the node's onnx backend requires at start."""
+    model = randomize_weights(build_preset(preset), seed=0).eval()
+    checks = export_and_check_decoder(model.decoder, DecoderGraphKind(), tmp_path / f"{preset}_generic.onnx")
+    assert len(checks) == 2
+    assert all(check.worst_relative() <= 1e-3 for check in checks), checks
