@@ -371,5 +371,12 @@ def test_sigint_while_inferring_exits_cleanly(interrupted: Interrupted):
 
 
 def test_sigint_while_inferring_prints_no_error(interrupted: Interrupted):
-    for text in ("never retrieved", "Failed to publish", "context is invalid", "Error", "Exception"):
+    for text in (
+        "never retrieved",
+        "never awaited",
+        "Failed to publish",
+        "context is invalid",
+        "Error",
+        "Exception",
+    ):
         assert text not in interrupted.output_after_sigint, interrupted.output_after_sigint

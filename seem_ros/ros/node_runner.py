@@ -20,7 +20,7 @@ SPIN_PERIOD_S = 0.1
 
 class OrderlyMultiThreadedExecutor(MultiThreadedExecutor):
     """A MultiThreadedExecutor whose shutdown() first lets the callback its threads are running finish and
-    drops the ones still queued, and only then tears the executor down.
+    cancels the ones still queued, and only then tears the executor down.
 
     rclpy's own shutdown destroys the executor's guard condition before it joins its threads, so a callback
     still queued or running fails ("cannot use Destroyable because destruction was requested").
@@ -28,6 +28,10 @@ class OrderlyMultiThreadedExecutor(MultiThreadedExecutor):
 
     def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._tasks_lock:
+            never_started = [task for task, _, _ in self._tasks if not task.done()]
+        for task in never_started:
+            task.cancel()  # closes its coroutine, which would otherwise be reported as never awaited
         return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
 
 
