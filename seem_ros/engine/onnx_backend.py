@@ -14,7 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from seem_ros.model.onnx_export import (
     export_and_check_image_encoder,
 )
 from seem_ros.model.seem import SEEM
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -55,6 +58,39 @@ def default_providers() -> list[str]:
 
     available = onnxruntime.get_available_providers()
     return [provider for provider in ACCELERATED_PROVIDERS if provider in available] + [CPU_PROVIDER]
+
+
+def checked_providers(providers: Sequence[str] | None) -> list[str]:
+    """`providers` (or `default_providers()` when None) after checking this onnxruntime build has each."""
+    import onnxruntime
+
+    requested = list(providers) if providers is not None else default_providers()
+    available = onnxruntime.get_available_providers()
+    missing = [provider for provider in requested if provider not in available]
+    if missing:
+        raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
+    return requested
+
+
+def session_options(num_threads: int | None) -> onnxruntime.SessionOptions:
+    """Options of every seem_ros session: all graph optimisations and `num_threads` intra-op threads of the
+    CPU provider (None lets ONNX Runtime choose, one per core)."""
+    import onnxruntime
+
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads is not None:
+        options.intra_op_num_threads = num_threads
+    return options
+
+
+def buffer_device(providers: Sequence[str]) -> torch.device:
+    """Where a session's input and output buffers live: CUDA device 0 when a GPU provider is among
+    `providers` and torch has CUDA, else the CPU (ONNX Runtime then copies them)."""
+    on_gpu = any(provider in ACCELERATED_PROVIDERS for provider in providers)
+    return torch.device("cuda", 0) if on_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
 class OnnxImageEncoder:
@@ -81,22 +117,11 @@ class OnnxImageEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX image encoder {self.path} does not exist; export it first")
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ValueError(f"num_threads must be at least 1, got {num_threads}")
-            options.intra_op_num_threads = num_threads
-        requested = list(providers) if providers is not None else default_providers()
-        available = onnxruntime.get_available_providers()
-        missing = [provider for provider in requested if provider not in available]
-        if missing:
-            raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
+        options = session_options(num_threads)
+        requested = checked_providers(providers)
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=requested)
         self.providers: list[str] = self.session.get_providers()
-        on_gpu = any(provider in ACCELERATED_PROVIDERS for provider in self.providers)
-        # buffers live where the session computes; a CPU-only torch gets CPU buffers (ORT copies them)
-        self.device = torch.device("cuda", 0) if on_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.device = buffer_device(self.providers)
         outputs = {output.name: output for output in self.session.get_outputs()}
         if set(outputs) != set(OUTPUT_NAMES):
             raise ValueError(f"{self.path} has outputs {sorted(outputs)}, expected {list(OUTPUT_NAMES)}")

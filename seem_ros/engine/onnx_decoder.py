@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from seem_ros.engine.onnx_backend import (
-    ACCELERATED_PROVIDERS,
+    buffer_device,
     cached_export,
-    default_providers,
+    checked_providers,
+    session_options,
 )
 from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
 from seem_ros.model.features import PixelFeatures
@@ -136,23 +137,13 @@ class OnnxDecoder:
         num_threads: int | None = None,
         opset: int = DEFAULT_OPSET,
     ) -> None:
-        import onnxruntime
-
-        if num_threads is not None and num_threads < 1:
-            raise ValueError(f"num_threads must be at least 1, got {num_threads}")
+        self._options = session_options(num_threads)
         self.decoder = model.decoder
         self.preset = preset
         self.cache_dir = cache_dir
         self.opset = opset
-        self.num_threads = num_threads
-        requested = list(providers) if providers is not None else default_providers()
-        available = onnxruntime.get_available_providers()
-        missing = [provider for provider in requested if provider not in available]
-        if missing:
-            raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
-        self.requested_providers = requested
-        on_gpu = any(provider in ACCELERATED_PROVIDERS for provider in requested)
-        self.device = torch.device("cuda", 0) if on_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.requested_providers = checked_providers(providers)
+        self.device = buffer_device(self.requested_providers)
         self.paths: dict[DecoderGraphKind, Path] = {}
         self._fingerprint = decoder_fingerprint(self.decoder)
         self._sessions: dict[DecoderGraphKind, onnxruntime.InferenceSession] = {}
@@ -170,11 +161,9 @@ class OnnxDecoder:
             path, _ = export_cached_decoder(
                 self.decoder, self.preset, kind, self.cache_dir, self.opset, self._fingerprint
             )
-            options = onnxruntime.SessionOptions()
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if self.num_threads is not None:
-                options.intra_op_num_threads = self.num_threads
-            session = onnxruntime.InferenceSession(str(path), options, providers=self.requested_providers)
+            session = onnxruntime.InferenceSession(
+                str(path), self._options, providers=self.requested_providers
+            )
             self.paths[kind] = path
             self._sessions[kind] = session
         return session
