@@ -29,7 +29,6 @@ The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
-from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs
+from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 DECODER_EXPORT_FORMAT_VERSION = 3
@@ -226,39 +225,25 @@ def export_decoder(
     path: the .onnx file to write (its folder is created). opset: 17 or newer.
     metadata: extra string entries stored in the file's metadata_props. Returns the path.
     """
-    import onnx
-
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be {DEFAULT_OPSET} or newer (LayerNormalization), got {opset}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = _cpu_float_graph(decoder, kind)
     num_levels = decoder.num_feature_levels
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # the TorchScript exporter is chosen on purpose (no onnxscript dependency); silence its notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            graph,
-            tuple(example_inputs(graph.decoder, kind)),
-            str(path),
-            input_names=kind.input_names(num_levels),
-            output_names=kind.output_names(),
-            dynamic_axes=kind.dynamic_axes(num_levels),
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
     entries = {
         "seem_ros.decoder_export_format_version": str(DECODER_EXPORT_FORMAT_VERSION),
         "seem_ros.decoder_graph": kind.name,
-        "seem_ros.torch_version": torch.__version__,
         **(metadata or {}),
     }
-    onnx.helper.set_model_props(proto, entries)
-    onnx.save(proto, str(path))
-    return path
+    return write_onnx(
+        graph,
+        tuple(example_inputs(graph.decoder, kind)),
+        Path(path),
+        kind.input_names(num_levels),
+        kind.output_names(),
+        kind.dynamic_axes(num_levels),
+        opset,
+        entries,
+    )
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,43 @@ def raise_if_export_differs(
         )
 
 
+def write_onnx(
+    module: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: dict[str, dict[int, str]] | None,
+    opset: int,
+    metadata: dict[str, str],
+) -> Path:
+    """Trace `module` on `example_inputs` into the ONNX file `path` (its folder is created) with the
+    TorchScript exporter (`dynamo=False`: no onnxscript dependency), then store `metadata` and the torch
+    version in the file's metadata_props. Returns the path."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the TorchScript exporter is chosen on purpose; silence its deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            example_inputs,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"seem_ros.torch_version": torch.__version__, **metadata})
+    onnx.save(proto, str(path))
+    return path
+
+
 def export_image_encoder(
     model: SEEM,
     path: str | Path,
@@ -126,52 +163,37 @@ def export_image_encoder(
     Returns the path. The model itself is not modified (the export runs on a CPU fp32 copy of the modules
     only when the model is elsewhere).
     """
-    import onnx
-
     if opset < DEFAULT_OPSET:
         raise ValueError(
             f"opset must be {DEFAULT_OPSET} or newer (LayerNormalization, GridSample), got {opset}"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     graph = _cpu_float_graph(model)
     winograd = winograd and hasattr(graph.pixel_decoder, "with_winograd_convolutions")
     if winograd:
         graph = ImageEncoderGraph(graph.backbone, graph.pixel_decoder.with_winograd_convolutions())
     height, width = example_input_size(model)
-    example = torch.zeros(1, 3, height, width)
     dynamic_axes = None
     if has_dynamic_input(model):
         dynamic_axes = {INPUT_NAME: {2: "padded_height", 3: "padded_width"}}
         for name, stride in zip(OUTPUT_NAMES, OUTPUT_STRIDES, strict=True):
             dynamic_axes[name] = {2: f"padded_height_div{stride}", 3: f"padded_width_div{stride}"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # the TorchScript exporter is chosen on purpose (no onnxscript dependency); silence its notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
     entries = {
         "seem_ros.export_format_version": str(EXPORT_FORMAT_VERSION),
         "seem_ros.output_strides": ",".join(str(stride) for stride in OUTPUT_STRIDES),
         "seem_ros.dynamic_input": str(has_dynamic_input(model)),
         "seem_ros.winograd": str(winograd),
-        "seem_ros.torch_version": torch.__version__,
         **(metadata or {}),
     }
-    onnx.helper.set_model_props(proto, entries)
-    onnx.save(proto, str(path))
-    return path
+    return write_onnx(
+        graph,
+        (torch.zeros(1, 3, height, width),),
+        Path(path),
+        [INPUT_NAME],
+        OUTPUT_NAMES,
+        dynamic_axes,
+        opset,
+        entries,
+    )
 
 
 def check_image_encoder(
