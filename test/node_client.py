@@ -20,7 +20,7 @@ from geometry_msgs.msg import Point, PointStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from ros_helpers import NodeProcess, call_service, spin_until
+from ros_helpers import NodeProcess, call_service, initialised_context, spin_until
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -68,12 +68,8 @@ def node_command(
 @pytest.fixture(scope="module")
 def module_ros_context(ros_environment: dict[str, str]) -> Iterator[rclpy.context.Context]:
     """An rclpy context shared by the tests of one module: one DDS participant, discovered once."""
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    try:
+    with initialised_context() as context:
         yield context
-    finally:
-        rclpy.try_shutdown(context=context)
 
 
 def node_name(namespace: str = "") -> str:

@@ -50,15 +50,22 @@ def ros_environment() -> Iterator[dict[str, str]]:
                 os.environ[name] = value
 
 
-@pytest.fixture
-def ros_context(ros_environment: dict[str, str]) -> Iterator[rclpy.context.Context]:
-    """An rclpy context of its own, shut down after the test."""
+@contextmanager
+def initialised_context() -> Iterator[rclpy.context.Context]:
+    """An rclpy context of its own (one DDS participant), shut down at the end of the with-block."""
     context = rclpy.context.Context()
     rclpy.init(context=context)
     try:
         yield context
     finally:
         rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture
+def ros_context(ros_environment: dict[str, str]) -> Iterator[rclpy.context.Context]:
+    """An rclpy context of its own, shut down after the test."""
+    with initialised_context() as context:
+        yield context
 
 
 def spin_until(
