@@ -1,16 +1,18 @@
 """Section `node`: the ROS 2 node end to end, against the model alone, measured in the same run.
 
-For each preset and backend (random weights, input short side `--short-side`, a 640x480 real photo):
-- `node e2e`: seem_node in its own process; an image message is published and the time until its
-  InstanceMaskArray (matched by stamp) arrives in this process is measured, one frame at a time;
+For each preset, one seem_node per backend runs in its own process (random weights, input short side
+`--short-side`, a 640x480 real photo), all started together:
+- `node e2e`: an image message is published and the time until its InstanceMaskArray (matched by stamp)
+  arrives in this process is measured, one frame at a time, alternating between the backends frame by
+  frame, so a slow spell of a shared machine hits every backend alike; the speed-up over torch is the
+  ratio of these medians;
 - `model in node`: for the same frames, the engine's own time inside the node (`last_inference_ms` of the
   node's diagnostics), so both figures come from the same process at the same moment;
 - `overhead`: node e2e minus model in node: image conversion, DDS transport both ways, message building
   and publishing, scheduling;
-- `stream 30 Hz`: the same node fed 640x480 frames at 30 Hz for a few seconds: output rate and latency of
-  what comes out (only the newest frame is processed, so the output rate is the model's rate, and the
-  latency stays bounded).
-"""
+- `stream 30 Hz`: each node in turn fed 640x480 frames at 30 Hz for a few seconds: output rate and latency
+  of what comes out (only the newest frame is processed, so the output rate is the model's rate, and the
+  latency stays bounded)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -59,12 +62,15 @@ def _row(preset: str, backend: str, stage: str, values: list[float], **extra: ob
 
 
 def _node_command(preset: str, backend: str, args: argparse.Namespace) -> list[str]:
+    """seem_node for one backend: named seem_node_<backend>, in namespace /<backend>, reading
+    /bench/<backend>/image, so that nodes of several backends can run side by side."""
     from seem_ros.launch_logic import LaunchArguments, format_parameter_value, plan_nodes
 
     node = plan_nodes(
-        LaunchArguments(camera_topic="/bench/image", preset=preset, device=args.device), REPO_ROOT
+        LaunchArguments(camera_topic=f"/bench/{backend}/image", preset=preset, device=args.device), REPO_ROOT
     )[0]
-    command = node.command(python=sys.executable)
+    command = replace(node, name=f"seem_node_{backend}").command(python=sys.executable)
+    command += ["-r", f"__ns:=/{backend}"]
     for name, value in (
         ("backend", backend),
         ("random_weights", True),
@@ -77,10 +83,13 @@ def _node_command(preset: str, backend: str, args: argparse.Namespace) -> list[s
     return command
 
 
-def _measure_node(
-    preset: str, backend: str, args: argparse.Namespace, rgb: np.ndarray
-) -> dict[str, list[float]]:
-    """Start seem_node, time single frames end to end, then a 30 Hz stream."""
+def _measure_nodes(
+    preset: str, backends: list[str], args: argparse.Namespace, rgb: np.ndarray
+) -> dict[str, dict[str, list[float]]]:
+    """Start one seem_node per backend, all at once; time single frames end to end, alternating between
+    the backends frame by frame (so that a slow spell of the machine hits them alike); then feed each
+    node a 30 Hz stream in turn. Returns, per backend, the lists of `single`, `model`, `stream_latency`
+    and `stream_counts`."""
     environment = {
         **os.environ,
         "ROS_DOMAIN_ID": str(random.SystemRandom().randint(201, 230)),
@@ -101,110 +110,142 @@ def _measure_node(
     from seem_ros.msg import InstanceMaskArray
     from seem_ros.ros.conversions import array_to_image
 
-    log = tempfile.NamedTemporaryFile("w", suffix=".log", delete=False)
-    process = subprocess.Popen(_node_command(preset, backend, args), env=environment, stdout=log, stderr=log)
+    logs = {
+        backend: tempfile.NamedTemporaryFile("w", suffix=f"_{backend}.log", delete=False)
+        for backend in backends
+    }
+    processes = {
+        backend: subprocess.Popen(
+            _node_command(preset, backend, args), env=environment, stdout=logs[backend], stderr=logs[backend]
+        )
+        for backend in backends
+    }
     rclpy.init()
     node = rclpy.create_node("seem_bench")
     received: dict[tuple[int, int], float] = {}
-    node.create_subscription(
-        InstanceMaskArray,
-        "/instances",
-        lambda msg: received.__setitem__(
-            (msg.header.stamp.sec, msg.header.stamp.nanosec), time.perf_counter()
-        ),
-        QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
-    )
-    inference_ms: list[float] = []
+    inference_ms: dict[str, list[float]] = {backend: [] for backend in backends}
+
+    def on_result(msg: InstanceMaskArray) -> None:
+        received[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = time.perf_counter()
 
     def on_diagnostics(msg: DiagnosticArray) -> None:
         for status in msg.status:
+            backend = status.name.split(":")[0].removeprefix("seem_node_")
             values = {item.key: item.value for item in status.values}
-            if "last_inference_ms" in values:
-                inference_ms.append(float(values["last_inference_ms"]))
+            if backend in inference_ms and "last_inference_ms" in values:
+                inference_ms[backend].append(float(values["last_inference_ms"]))
 
+    publishers = {}
+    for backend in backends:
+        node.create_subscription(
+            InstanceMaskArray,
+            f"/{backend}/instances",
+            on_result,
+            QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE),
+        )
+        publishers[backend] = node.create_publisher(Image, f"/bench/{backend}/image", QoSProfile(depth=1))
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=50))
-    publisher = node.create_publisher(Image, "/bench/image", QoSProfile(depth=1))
     message = array_to_image(np.ascontiguousarray(rgb), "rgb8")
 
+    def failure(what: str) -> RuntimeError:
+        return RuntimeError(f"{what} (logs: {', '.join(log.name for log in logs.values())})")
+
     def spin_until(condition, timeout: float) -> bool:  # noqa: ANN001
+        # Arrival times are taken in the callbacks, so the wait's timeout does not limit their precision;
+        # a short one would only busy-loop this process and take CPU from the node being measured.
         deadline = time.monotonic() + timeout
         while not condition():
-            if process.poll() is not None or time.monotonic() > deadline:
+            if any(process.poll() is not None for process in processes.values()):
                 return False
-            rclpy.spin_once(node, timeout_sec=0.002)
+            if time.monotonic() > deadline:
+                return False
+            rclpy.spin_once(node, timeout_sec=0.05)
         return True
 
-    def publish() -> tuple[tuple[int, int], float]:
+    def publish(backend: str) -> tuple[tuple[int, int], float]:
         stamp = node.get_clock().now().to_msg()
         message.header.stamp = stamp
         sent = time.perf_counter()
-        publisher.publish(message)
+        publishers[backend].publish(message)
         return (stamp.sec, stamp.nanosec), sent
 
+    measured: dict[str, dict[str, list[float]]] = {
+        backend: {"single": [], "model": []} for backend in backends
+    }
     try:
-        if not spin_until(lambda: publisher.get_subscription_count() > 0, args.timeout):
-            raise RuntimeError(f"seem_node did not start (log: {log.name})")
-        single: list[float] = []
-        model: list[float] = []
+        if not spin_until(
+            lambda: all(publisher.get_subscription_count() > 0 for publisher in publishers.values()),
+            args.timeout,
+        ):
+            raise failure("seem_node did not start")
         for index in range(args.warmup + args.repeats):
-            key, sent = publish()
-            if not spin_until(lambda k=key: k in received, args.timeout):
-                raise RuntimeError(f"no result from seem_node (log: {log.name})")
-            reports = len(inference_ms)
-            spin_until(lambda n=reports: len(inference_ms) > n, 5.0)
-            if index >= args.warmup:
-                single.append(received[key] - sent)
-                model.append(inference_ms[-1] / 1e3)
-        sent_at: dict[tuple[int, int], float] = {}
-        start = time.perf_counter()
-        next_frame = start
-        while time.perf_counter() - start < STREAM_SECONDS:
-            if time.perf_counter() >= next_frame:
-                key, sent = publish()
-                sent_at[key] = sent
-                next_frame += 1.0 / STREAM_RATE_HZ
-            rclpy.spin_once(node, timeout_sec=0.001)
-        spin_until(lambda: False, max(single) * 2)
-        answered = [received[key] - sent for key, sent in sent_at.items() if key in received]
-        return {
-            "single": single,
-            "model": model,
-            "stream_latency": answered or [float("nan")],
-            "stream_counts": [float(len(sent_at)), float(len(answered)), STREAM_SECONDS],
-        }
+            for backend in backends:
+                key, sent = publish(backend)
+                if not spin_until(lambda k=key: k in received, args.timeout):
+                    raise failure(f"no result from the {backend} seem_node")
+                reports = len(inference_ms[backend])
+                spin_until(lambda b=backend, n=reports: len(inference_ms[b]) > n, 5.0)
+                if index >= args.warmup:
+                    measured[backend]["single"].append(received[key] - sent)
+                    measured[backend]["model"].append(inference_ms[backend][-1] / 1e3)
+        for backend in backends:
+            sent_at: dict[tuple[int, int], float] = {}
+            start = time.perf_counter()
+            next_frame = start
+            while time.perf_counter() - start < STREAM_SECONDS:
+                if time.perf_counter() >= next_frame:
+                    key, sent = publish(backend)
+                    sent_at[key] = sent
+                    next_frame += 1.0 / STREAM_RATE_HZ
+                rclpy.spin_once(node, timeout_sec=max(0.0, next_frame - time.perf_counter()))
+            spin_until(lambda: False, max(measured[backend]["single"]) * 2)
+            answered = [received[key] - sent for key, sent in sent_at.items() if key in received]
+            measured[backend]["stream_latency"] = answered or [float("nan")]
+            measured[backend]["stream_counts"] = [float(len(sent_at)), float(len(answered)), STREAM_SECONDS]
+        return measured
     finally:
         node.destroy_node()
         rclpy.shutdown()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs.values():
+            log.close()
 
 
 def run_node_section(args: argparse.Namespace) -> list[dict]:
-    """Rows: model alone, node end to end, overhead, and the 30 Hz stream, per preset and backend."""
+    """Rows per preset and backend: node end to end, model in node, overhead, and the 30 Hz stream; the
+    end-to-end row of every other backend also carries its speed-up over torch from the same frames."""
     rgb = _photo()
     rows: list[dict] = []
     presets = ["focalt_tiny"] if args.quick else args.presets
     for preset in presets:
-        for backend in args.backends:
-            try:
-                measured = _measure_node(preset, backend, args, rgb)
-            except Exception as error:  # one failing configuration must not hide the others
-                rows.append({"section": SECTION, "preset": preset, "backend": backend, "skipped": str(error)})
-                continue
-            single, model = measured["single"], measured["model"]
+        try:
+            measured = _measure_nodes(preset, list(args.backends), args, rgb)
+        except Exception as error:  # one failing preset must not hide the others
+            rows.append({"section": SECTION, "preset": preset, "backend": "+".join(args.backends),
+                         "skipped": str(error)})  # fmt: skip
+            continue
+        for backend, values in measured.items():
+            single, model = values["single"], values["model"]
             overhead = [total - inside for total, inside in zip(single, model, strict=True)]
             model_median = statistics.median(model)
-            sent, answered, seconds = measured["stream_counts"]
+            sent, answered, seconds = values["stream_counts"]
+            speedup = {}
+            if backend != "torch" and "torch" in measured:
+                speedup["speedup_vs_torch"] = statistics.median(
+                    measured["torch"]["single"]
+                ) / statistics.median(single)
             rows += [
-                _row(preset, backend, "node e2e", single),
+                _row(preset, backend, "node e2e", single, **speedup),
                 _row(preset, backend, "model in node", model),
                 _row(preset, backend, "overhead", overhead,
                      overhead_fraction_of_model=statistics.median(overhead) / model_median),
-                _row(preset, backend, "stream 30 Hz latency", measured["stream_latency"],
+                _row(preset, backend, "stream 30 Hz latency", values["stream_latency"],
                      frames_sent=int(sent), frames_answered=int(answered), output_hz=answered / seconds),
             ]  # fmt: skip
     return rows

@@ -294,6 +294,8 @@ def node_table(rows: list[dict]) -> str:
             )
             continue
         notes = []
+        if "speedup_vs_torch" in row:
+            notes.append(f"{row['speedup_vs_torch']:.2f}x faster than torch, frames interleaved")
         if "overhead_fraction_of_model" in row:
             notes.append(f"{100 * row['overhead_fraction_of_model']:.1f} % of model time")
         if "output_hz" in row:
