@@ -64,3 +64,30 @@ def test_pixel_decoder_with_winograd_matches_the_model(reference_dir: Path):
     for got, want in zip(actual.multi_scale_features, expected.multi_scale_features, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert isinstance(pixel_decoder.mask_features, torch.nn.Conv2d), "the model itself must stay unchanged"
+
+
+def test_exported_convolution_cuts_tiles_with_space_to_depth_and_runs_in_onnx_runtime(tmp_path: Path):
+    import onnx
+    import onnxruntime
+
+    conv = torch.nn.Conv2d(32, 16, 3, padding=1)
+    winograd = WinogradConv2d.from_conv(conv).eval()
+    path = tmp_path / "winograd.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            winograd,
+            (torch.zeros(1, 32, 8, 8),),
+            str(path),
+            input_names=["feature_map"],
+            dynamic_axes={"feature_map": {2: "height", 3: "width"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"SpaceToDepth", "DepthToSpace"} <= operators
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feature_map = torch.randn(1, 32, 21, 30, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = F.conv2d(feature_map.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    (actual,) = session.run(None, {"feature_map": feature_map.numpy()})
+    assert _relative_error(torch.from_numpy(actual), expected) < MAX_RELATIVE_ERROR

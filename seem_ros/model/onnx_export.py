@@ -34,7 +34,7 @@ OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
 DEFAULT_OPSET = 17
-EXPORT_FORMAT_VERSION = 2
+EXPORT_FORMAT_VERSION = 3
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
 
