@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bench.timing import peak_rss_bytes, summarize
+from seem_ros.engine.allocator import keep_freed_memory
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)
@@ -336,6 +337,7 @@ def main() -> None:
     for name in ("short_sides", "image_size", "tracks"):
         if name in fields:
             fields[name] = tuple(fields[name])
+    keep_freed_memory()  # as seem_node does, so the model alone runs under the node's allocator policy
     result = run_job(Job(**fields))
     print(json.dumps(result))
 
