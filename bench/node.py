@@ -77,7 +77,7 @@ def _node_command(preset: str, backend: str, args: argparse.Namespace) -> list[s
         ("checkpoint", "''"),
         ("short_side", args.short_side),
         ("vocabulary", NODE_VOCABULARY),
-        ("diagnostics_period", 0.1),
+        ("diagnostics_period", 1.0),
     ):
         command += ["-p", f"{name}:={format_parameter_value(value)}"]
     return command
