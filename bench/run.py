@@ -284,8 +284,21 @@ def setup_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def node_table(rows: list[dict]) -> str:
-    """The node section as a table: one line per preset, backend and stage."""
+def model_alone_frames(results: list[dict]) -> dict[tuple[str, str], float]:
+    """Median seconds of a whole frame (set_image + generic predict) of the model alone, by (preset,
+    backend), from the stages section."""
+    return {
+        (result["job"]["preset"], result["job"]["backend"]): row["median_s"]
+        for result in results
+        if result["job"]["task"] == "stages" and "skipped" not in result
+        for row in result["rows"]
+        if row["stage"] == "frame_total"
+    }
+
+
+def node_table(rows: list[dict], model_alone: dict[tuple[str, str], float]) -> str:
+    """The node section as a table: one line per preset, backend and stage; end-to-end rows also compare
+    with the model alone (`model_alone_frames`) where the stages section measured it."""
     lines = ["| preset | backend | stage | median ms | p90 ms | n | notes |", "|---|---|---|---|---|---|---|"]
     for row in rows:
         if "skipped" in row:
@@ -294,6 +307,9 @@ def node_table(rows: list[dict]) -> str:
             )
             continue
         notes = []
+        alone = model_alone.get((row["preset"], row["backend"]))
+        if row["stage"] == "node e2e" and alone is not None:
+            notes.append(f"{row['median_s'] / alone:.2f}x the model alone ({1e3 * alone:.0f} ms, stages)")
         if "speedup_vs_torch" in row:
             notes.append(f"{row['speedup_vs_torch']:.2f}x faster than torch, frames interleaved")
         if "overhead_fraction_of_model" in row:
@@ -324,7 +340,10 @@ def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
         "\n## Set-up\n\n" + setup_table(results),
     ]
     if node_rows:
-        parts.append("\n## Node end to end vs model in node (same run)\n\n" + node_table(node_rows))
+        parts.append(
+            "\n## Node end to end vs model in node (same run)\n\n"
+            + node_table(node_rows, model_alone_frames(results))
+        )
     return "\n".join(parts)
 
 

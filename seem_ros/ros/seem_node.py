@@ -34,9 +34,9 @@ Publishes (every message stamped with the header of the image it came from):
 Services: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and reset_tracking (std_srvs/Trigger),
   segment_image (seem_ros/SegmentImage).
 
-Only the newest image is kept: inference runs in its own callback group, so the image subscription never
-waits for it; images replaced before inference got to them, or older than `max_image_age`, are dropped and
-counted in diagnostics.
+Only the newest image is kept, still serialized (only the image inference takes is deserialized):
+inference runs in its own callback group, so the image subscription never waits for it; images replaced
+before inference got to them, or older than `max_image_age`, are dropped and counted in diagnostics.
 """
 
 from __future__ import annotations
