@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.timing import peak_rss_bytes, summarize
-from seem_ros.engine.allocator import keep_freed_memory
+from seem_ros.allocator import keep_freed_memory
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from seem_ros.engine.allocator import keep_freed_memory
+from seem_ros.allocator import keep_freed_memory
 from seem_ros.model.checkpoint import CheckpointError
 
 EXIT_OK = 0

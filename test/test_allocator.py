@@ -14,7 +14,7 @@ FRAMES = 10
 
 MEASURE = f"""
 import resource, sys, threading, torch
-from seem_ros.engine.allocator import keep_freed_memory
+from seem_ros.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def frame():

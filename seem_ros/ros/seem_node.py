@@ -41,6 +41,12 @@ before inference got to them, or older than `max_image_age`, are dropped and cou
 
 from __future__ import annotations
 
+from seem_ros.allocator import keep_freed_memory
+
+# Before numpy, torch and rclpy are imported: threads they start would otherwise get malloc arenas of their
+# own, which the inference thread could then be given instead of the main heap (see seem_ros.allocator).
+keep_freed_memory()
+
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +66,6 @@ from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from seem_ros.engine.allocator import keep_freed_memory
 from seem_ros.engine.api import FrameSegmenter
 from seem_ros.engine.prompts import ReferringImagePrompt, ScribblePrompt, Target
 from seem_ros.engine.results import FrameResult
@@ -666,7 +671,6 @@ def _build_segmenter(settings: NodeSettings) -> FrameSegmenter:
 def main(args: list[str] | None = None) -> int:
     """Console script `seem_node`. Returns 0 after a clean shutdown, 2 for a bad parameter, 1 if the model
     cannot be built."""
-    keep_freed_memory()
     return run_node(
         NODE_NAME, SeemNode, lambda: OrderlyMultiThreadedExecutor(num_threads=4), "the segmenter", args
     )

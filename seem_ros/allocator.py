@@ -34,7 +34,9 @@ LARGEST_TRIM_THRESHOLD = 2**31 - 1
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve every block from its heap and keep freed memory for reuse (see the module
     docstring). Returns whether the policy is in effect: False, with nothing changed, where the C library
-    is not glibc (macOS, musl). Process-wide; call it once at start, before the model is built."""
+    is not glibc (macOS, musl). Process-wide; call it once at start, before importing numpy, torch or
+    rclpy where inference runs in another thread: the threads those start get arenas of their own, and
+    once arenas exist a new thread may be given one of them instead of the main heap."""
     if not sys.platform.startswith("linux"):
         return False
     try:
