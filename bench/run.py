@@ -347,10 +347,33 @@ def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
     return "\n".join(parts)
 
 
+def portable_path(path: str | Path) -> str:
+    """A path as the results JSON records it, free of this machine's directories: `~/...` under the home
+    directory, relative under the current directory, else only its name."""
+    absolute = Path(path).expanduser().absolute()
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if absolute.is_relative_to(base):
+            return prefix + str(absolute.relative_to(base))
+    return absolute.name
+
+
+def _portable_value(value: object) -> object:
+    if isinstance(value, Path):
+        return portable_path(value)
+    if isinstance(value, list):
+        return [_portable_value(item) for item in value]
+    return value
+
+
 def write_json(
     path: Path, machine: dict, args: argparse.Namespace, results: list[dict], node: list[dict]
 ) -> None:
-    arguments = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+    """The results document; paths (arguments, each job's cache_dir) as `portable_path` writes them."""
+    arguments = {name: _portable_value(value) for name, value in vars(args).items()}
+    results = [
+        {**result, "job": {**result["job"], "cache_dir": portable_path(result["job"]["cache_dir"])}}
+        for result in results
+    ]
     document = {"machine": machine, "arguments": arguments, "results": results, "node": node}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1))

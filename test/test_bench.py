@@ -34,6 +34,9 @@ def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
         assert ("focalt_tiny", backend, "stages") in jobs
         assert ("focalt_tiny", backend, "sizes") in jobs
     assert ("focalt_v1", "torch", "stages") in jobs
+    recorded_paths = [document["arguments"]["cache_dir"], document["arguments"]["json"]]
+    recorded_paths += [result["job"]["cache_dir"] for result in document["results"]]
+    assert not [path for path in recorded_paths if path.startswith("/")], "machine paths in the JSON"
 
     node_rows = {(row["backend"], row["stage"]): row for row in document["node"]}
     for backend in ("torch", "onnx"):
