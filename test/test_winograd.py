@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from assets import tiny_reference_model
 from safetensors.torch import load_file
 
+from seem_ros.model.onnx_export import DEFAULT_OPSET, write_onnx
 from seem_ros.model.winograd import WinogradConv2d
 
 MAX_RELATIVE_ERROR = 5e-5
@@ -71,18 +72,16 @@ def test_exported_convolution_cuts_tiles_with_space_to_depth_and_runs_in_onnx_ru
     import onnxruntime
 
     conv = torch.nn.Conv2d(32, 16, 3, padding=1)
-    winograd = WinogradConv2d.from_conv(conv).eval()
-    path = tmp_path / "winograd.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            winograd,
-            (torch.zeros(1, 32, 8, 8),),
-            str(path),
-            input_names=["feature_map"],
-            dynamic_axes={"feature_map": {2: "height", 3: "width"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    path = write_onnx(
+        WinogradConv2d.from_conv(conv).eval(),
+        (torch.zeros(1, 32, 8, 8),),
+        tmp_path / "winograd.onnx",
+        ["feature_map"],
+        ["output"],
+        {"feature_map": {2: "height", 3: "width"}},
+        DEFAULT_OPSET,
+        {},
+    )
     operators = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"SpaceToDepth", "DepthToSpace"} <= operators
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])

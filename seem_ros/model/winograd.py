@@ -106,7 +106,7 @@ class _SpaceToDepth(torch.autograd.Function):
     (b y + i, b x + j) of channel c being (i b + j) C + c."""
 
     @staticmethod
-    def forward(ctx: object, feature_map: Tensor, block: int) -> Tensor:  # noqa: ARG004
+    def forward(ctx: object, feature_map: Tensor, block: int) -> Tensor:
         _, channels, height, width = feature_map.shape
         blocks = feature_map.reshape(channels, height // block, block, width // block, block)
         return blocks.permute(2, 4, 0, 1, 3).reshape(1, block * block * channels, height // block, -1)
@@ -120,7 +120,7 @@ class _DepthToSpace(torch.autograd.Function):
     """ONNX DepthToSpace, mode DCR: the inverse of `_SpaceToDepth`."""
 
     @staticmethod
-    def forward(ctx: object, blocks: Tensor, block: int) -> Tensor:  # noqa: ARG004
+    def forward(ctx: object, blocks: Tensor, block: int) -> Tensor:
         _, depth, rows, columns = blocks.shape
         channels = depth // (block * block)
         pixels = blocks.reshape(block, block, channels, rows, columns).permute(2, 3, 0, 4, 1)
