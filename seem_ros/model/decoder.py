@@ -350,7 +350,7 @@ class SEEMDecoder(nn.Module):
         normalized = self.decoder_norm(queries).transpose(0, 1)
         class_embeddings = normalized @ self.class_embed
         mask_embeddings = self.mask_embed(normalized)
-        masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+        masks = (mask_embeddings @ mask_features.flatten(2)).unflatten(2, mask_features.shape[-2:])
         resized = F.interpolate(masks, size=attention_size, mode="bilinear", align_corners=False)
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked.detach()

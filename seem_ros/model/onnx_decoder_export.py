@@ -40,7 +40,7 @@ from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 3
+DECODER_EXPORT_FORMAT_VERSION = 4
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",
