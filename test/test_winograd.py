@@ -30,12 +30,15 @@ def test_matches_direct_convolution(in_channels: int, out_channels: int, height:
     conv = torch.nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
     torch.nn.init.normal_(conv.weight, std=(2.0 / (9 * in_channels)) ** 0.5, generator=generator)
     feature_map = torch.randn(1, in_channels, height, width, generator=generator)
+    aligned = height % 4 == 0 and width % 4 == 0
     with torch.no_grad():
         bias_64 = None if conv.bias is None else conv.bias.double()
         expected = F.conv2d(feature_map.double(), conv.weight.double(), bias_64, padding=1)
         actual = WinogradConv2d.from_conv(conv)(feature_map)
+        actual_aligned = WinogradConv2d.from_conv(conv, aligned=True)(feature_map) if aligned else actual
     assert actual.shape == (1, out_channels, height, width)
     assert _relative_error(actual, expected) < MAX_RELATIVE_ERROR
+    assert _relative_error(actual_aligned, expected) < MAX_RELATIVE_ERROR
 
 
 @pytest.mark.parametrize(
@@ -67,13 +70,16 @@ def test_pixel_decoder_with_winograd_matches_the_model(reference_dir: Path):
     assert isinstance(pixel_decoder.mask_features, torch.nn.Conv2d), "the model itself must stay unchanged"
 
 
-def test_exported_convolution_cuts_tiles_with_space_to_depth_and_runs_in_onnx_runtime(tmp_path: Path):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_exported_convolution_transforms_tiles_with_a_grouped_convolution_in_onnx_runtime(
+    tmp_path: Path, aligned: bool
+):
     import onnx
     import onnxruntime
 
     conv = torch.nn.Conv2d(32, 16, 3, padding=1)
     path = write_onnx(
-        WinogradConv2d.from_conv(conv).eval(),
+        WinogradConv2d.from_conv(conv, aligned=aligned).eval(),
         (torch.zeros(1, 32, 8, 8),),
         tmp_path / "winograd.onnx",
         ["feature_map"],
@@ -82,11 +88,21 @@ def test_exported_convolution_cuts_tiles_with_space_to_depth_and_runs_in_onnx_ru
         DEFAULT_OPSET,
         {},
     )
-    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"SpaceToDepth", "DepthToSpace"} <= operators
+    nodes = onnx.load(str(path)).graph.node
+    (tile_transform,) = [node for node in nodes if node.op_type == "Conv"]
+    assert {attribute.name: attribute.i for attribute in tile_transform.attribute}["group"] == 32
+    assert "DepthToSpace" in {node.op_type for node in nodes}
+    assert aligned != any(node.op_type in ("Pad", "Slice") for node in nodes)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feature_map = torch.randn(1, 32, 21, 30, generator=torch.Generator().manual_seed(3))
+    height, width = (20, 28) if aligned else (21, 30)
+    feature_map = torch.randn(1, 32, height, width, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = F.conv2d(feature_map.double(), conv.weight.double(), conv.bias.double(), padding=1)
     (actual,) = session.run(None, {"feature_map": feature_map.numpy()})
     assert _relative_error(torch.from_numpy(actual), expected) < MAX_RELATIVE_ERROR
+
+
+def test_aligned_convolution_refuses_partial_tiles():
+    aligned = WinogradConv2d.from_conv(torch.nn.Conv2d(4, 4, 3, padding=1), aligned=True)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        aligned(torch.zeros(1, 4, 8, 10))

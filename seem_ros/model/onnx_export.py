@@ -34,7 +34,7 @@ OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
 DEFAULT_OPSET = 17
-EXPORT_FORMAT_VERSION = 3
+EXPORT_FORMAT_VERSION = 4
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
 
@@ -158,7 +158,7 @@ def export_image_encoder(
 
     path: the .onnx file to write (its folder is created). opset: ONNX opset, 17 or newer.
     metadata: extra string entries stored in the file's metadata_props (e.g. preset, weights fingerprint).
-    winograd: export the pixel decoder's 3x3 convolutions at strides 4 and 8 in Winograd form (pixel
+    winograd: export the pixel decoder's 3x3 convolutions at strides 4, 8 and 16 in Winograd form (pixel
         decoders that have `with_winograd_convolutions`; others are exported as they are).
     Returns the path. The model itself is not modified (the export runs on a CPU fp32 copy of the modules
     only when the model is elsewhere).

@@ -35,10 +35,12 @@ class NormalizedConv2d(nn.Conv2d):
         output = self.norm(super().forward(feature_map))
         return F.relu(output) if self.relu else output
 
-    def as_winograd(self) -> nn.Sequential:
-        """The same computation with the (3x3) convolution done by `WinogradConv2d`."""
+    def as_winograd(self, aligned: bool) -> nn.Sequential:
+        """The same computation with the (3x3) convolution done by `WinogradConv2d` (see its `aligned`)."""
         return nn.Sequential(
-            WinogradConv2d.from_conv(self), self.norm, nn.ReLU() if self.relu else nn.Identity()
+            WinogradConv2d.from_conv(self, aligned=aligned),
+            self.norm,
+            nn.ReLU() if self.relu else nn.Identity(),
         )
 
 
@@ -131,15 +133,16 @@ class TransformerEncoderPixelDecoder(nn.Module):
         self.add_module(f"layer_{coarsest}", NormalizedConv2d(conv_dim, conv_dim, 3, relu=True))
 
     def with_winograd_convolutions(self) -> TransformerEncoderPixelDecoder:
-        """A copy whose 3x3 convolutions at strides 4 and 8 (the mask-feature conv and the two finest FPN
-        layers, about 85% of this decoder's FLOPs) run as Winograd F(4x4, 3x3): the same outputs up to
-        float rounding (about 1e-5 relative), a quarter of the multiplications. For the exported fast path;
-        the model itself keeps direct convolutions."""
+        """A copy whose 3x3 convolutions at strides 4, 8 and 16 (the mask-feature conv and the three finest
+        FPN layers, about 95% of this decoder's FLOPs) run as Winograd F(4x4, 3x3): the same outputs up to
+        float rounding (about 1e-5 relative), a quarter of the multiplications. Inputs padded to a multiple
+        of 32 make the stride-4 and stride-8 maps whole tiles (`WinogradConv2d`'s `aligned`). For the
+        exported fast path; the model itself keeps direct convolutions."""
         fast = copy.deepcopy(self)
-        for level in (1, 2):
+        for level, aligned in ((1, True), (2, True), (3, False)):
             name = f"layer_{level}"
-            setattr(fast, name, getattr(fast, name).as_winograd())
-        fast.mask_features = WinogradConv2d.from_conv(fast.mask_features)
+            setattr(fast, name, getattr(fast, name).as_winograd(aligned))
+        fast.mask_features = WinogradConv2d.from_conv(fast.mask_features, aligned=True)
         return fast
 
     def forward(self, features: dict[str, Tensor]) -> PixelFeatures:
