@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from assets import tiny_reference_model
 from PIL import Image
 from safetensors.torch import load_file
@@ -19,7 +20,7 @@ from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.segmenter import build_segmenter
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.decoder import DecoderOutput, GroundingTokens
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS, DecoderGraphKind, export_and_check_decoder
 from seem_ros.model.presets import build_preset, randomize_weights
@@ -313,6 +314,30 @@ def test_onnx_segmenter_gives_the_same_masks(
     used = set(segmenters["onnx"].predictor.decoder_backend.paths)
     assert DecoderGraphKind(spatial=True, memory=True) in used
     assert any(kind.grounding for kind in used)
+
+
+@pytest.mark.parametrize("factor", [8, 4, 2])
+def test_attention_mask_samples_down_sample_to_what_the_full_map_does(factor: int) -> None:
+    mask_features = torch.randn(1, 6, 64, 88, generator=torch.Generator().manual_seed(factor))
+    size = (64 // factor, 88 // factor)
+    samples = attention_mask_samples(mask_features, size, factor)
+    assert samples.shape == (1, 6, 2 * size[0], 2 * size[1])
+    resize = {"size": size, "mode": "bilinear", "align_corners": False}
+    assert torch.equal(F.interpolate(samples, **resize), F.interpolate(mask_features, **resize))
+
+
+def test_sampled_attention_masks_leave_every_step_unchanged(
+    tiny_model: SEEM, panoptic: dict[str, torch.Tensor]
+) -> None:
+    """What the exported graphs compute (`attention_sample_factors`) against the official order."""
+    features = _features(panoptic)
+    arguments = (features.multi_scale_features, features.mask_features, panoptic["class_text_embeddings"])
+    with torch.no_grad():
+        official = tiny_model.decoder(*arguments)
+        sampled = tiny_model.decoder(*arguments, attention_sample_factors=(8, 4, 2))
+    for got, want in zip(sampled.predictions, official.predictions, strict=True):
+        torch.testing.assert_close(got.object_masks, want.object_masks, atol=1e-6, rtol=0.0)
+        torch.testing.assert_close(got.object_logits, want.object_logits, atol=1e-6, rtol=0.0)
 
 
 @pytest.mark.parametrize("preset", ["focalt_v1", "samvitb_v1"])

@@ -14,6 +14,7 @@ pixels inside the previous round's (or previous frame's) mask of their prompt.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,23 @@ class _Sequence:
 
 _CROSS_ORDER = ("object", "grounding", "spatial", "memory")
 _SELF_ORDER = ("object", "grounding", "spatial", "grounding_tokens", "spatial_tokens", "memory")
+
+
+def attention_mask_samples(mask_features: Tensor, size: tuple[int, int], factor: int) -> Tensor:
+    """The mask-feature pixels that bilinear down-sampling (align_corners=False) to `size` reads.
+
+    mask_features: (B, D, factor * h, factor * w), factor even; size: (h, w). Shrinking by an even factor
+    f, output pixel y is the mean of input rows f y + f/2 - 1 and f y + f/2 (weights 1/2 each; columns
+    likewise). Returns those rows and columns, (B, D, 2 h, 2 w): down-sampling their masks to (h, w)
+    (a factor of 2, the same weights) gives what down-sampling the full-size masks gives.
+    """
+    if factor % 2:
+        raise ValueError(f"the sampling factor must be even, got {factor}")
+    batch, dim = mask_features.shape[:2]
+    height, width = size
+    blocks = mask_features.reshape(batch, dim, height, factor, width, factor)
+    middle = slice(factor // 2 - 1, factor // 2 + 1)
+    return blocks[:, :, :, middle, :, middle].reshape(batch, dim, 2 * height, 2 * width)
 
 
 class SEEMDecoder(nn.Module):
@@ -213,6 +231,7 @@ class SEEMDecoder(nn.Module):
         generator: torch.Generator | None = None,
         spatial_query_index: Tensor | None = None,
         memory_slot_prompt_index: Tensor | None = None,
+        attention_sample_factors: Sequence[int] | None = None,
     ) -> DecoderOutput:
         """Run the decoder.
 
@@ -226,12 +245,26 @@ class SEEMDecoder(nn.Module):
         generator: the random source for query and point sampling (see spatial_prompts).
         spatial_query_index, memory_slot_prompt_index: the random choices of `draw_query_choices`, drawn
             beforehand (e.g. for an exported graph); by default drawn here from `generator`.
+        attention_sample_factors: how many times larger the mask features are than each level, one even
+            factor per level (8, 4, 2 for strides 32, 16, 8 over stride 4), for a caller that reads only
+            the final step (an exported graph). Each intermediate cross-attention mask is then computed
+            from the mask-feature pixels its bilinear down-sampling reads (`attention_mask_samples`):
+            the same products and the same interpolation weights, so the same values, with 1/16 of the
+            products at stride 32 and 1/4 at stride 16 (a factor of 2 reads every pixel). The
+            intermediate steps' own masks are still returned at full size. By default, every step's
+            full-size masks are down-sampled.
         """
         if spatial_masks is not None and spatial_tokens is not None:
             raise ValueError("give either spatial_masks or spatial_tokens, not both")
         if previous_masks is not None and spatial_masks is None and spatial_tokens is None:
             raise ValueError("previous_masks need a visual prompt (spatial_masks or spatial_tokens)")
         sources, positions, sizes = self.prepare_levels(multi_scale_features)
+        attention_samples: list[Tensor | None] = [None] * len(sizes)
+        if attention_sample_factors is not None:
+            attention_samples = [
+                attention_mask_samples(mask_features, size, factor) if factor > 2 else None
+                for size, factor in zip(sizes, attention_sample_factors, strict=True)
+            ]
         batch = mask_features.shape[0]
         sequence = _Sequence()
         object_content = self.query_feat.weight[:, None].repeat(1, batch, 1)
@@ -265,7 +298,7 @@ class SEEMDecoder(nn.Module):
         cross_names = [name for name in _CROSS_ORDER if name in sequence.content]
         predictions = []
         prediction, attention_blocked = self._predict(
-            sequence, cross_names, mask_features, class_text_embeddings, sizes[0]
+            sequence, cross_names, mask_features, class_text_embeddings, sizes[0], attention_samples[0]
         )
         predictions.append(prediction)
         for layer in range(self.num_layers):
@@ -303,12 +336,14 @@ class SEEMDecoder(nn.Module):
             updated = self.transformer_ffn_layers[layer](updated)
             self._split_into(sequence, self_names, updated)
 
+            next_level = (layer + 1) % self.num_feature_levels
             prediction, attention_blocked = self._predict(
                 sequence,
                 cross_names,
                 mask_features,
                 class_text_embeddings,
-                sizes[(layer + 1) % self.num_feature_levels],
+                sizes[next_level],
+                attention_samples[next_level],
             )
             predictions.append(prediction)
         return DecoderOutput(
@@ -343,15 +378,22 @@ class SEEMDecoder(nn.Module):
         mask_features: Tensor,
         class_text_embeddings: Tensor,
         attention_size: tuple[int, int],
+        attention_samples: Tensor | None,
     ) -> tuple[DecoderPrediction, Tensor]:
         """Heads on every cross-attending query; also the next cross-attention mask
-        (B, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size."""
+        (B, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size, down-sampled
+        from the full-size masks or, when given, from the masks at `attention_samples` (B, D, h', w')."""
         queries = torch.cat([sequence.content[name] for name in cross_names])
         normalized = self.decoder_norm(queries).transpose(0, 1)
         class_embeddings = normalized @ self.class_embed
         mask_embeddings = self.mask_embed(normalized)
         masks = (mask_embeddings @ mask_features.flatten(2)).unflatten(2, mask_features.shape[-2:])
-        resized = F.interpolate(masks, size=attention_size, mode="bilinear", align_corners=False)
+        if attention_samples is not None:
+            sampled = mask_embeddings @ attention_samples.flatten(2)
+            masks_to_resize = sampled.unflatten(2, attention_samples.shape[-2:])
+        else:
+            masks_to_resize = masks
+        resized = F.interpolate(masks_to_resize, size=attention_size, mode="bilinear", align_corners=False)
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked.detach()
 

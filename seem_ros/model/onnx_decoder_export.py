@@ -40,7 +40,7 @@ from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 4
+DECODER_EXPORT_FORMAT_VERSION = 5
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",
@@ -124,7 +124,9 @@ ALL_GRAPH_KINDS = tuple(
 
 class DecoderGraph(nn.Module):
     """`SEEMDecoder.forward` with tensor-only inputs (in `DecoderGraphKind.input_names` order) and the final
-    step's predictions as outputs (in `output_names` order): the module that is traced."""
+    step's predictions as outputs (in `output_names` order): the module that is traced. The intermediate
+    attention masks come from the mask-feature pixels they read (`attention_sample_factors` of
+    `SEEMDecoder.forward`): the same values with fewer products."""
 
     def __init__(self, decoder: SEEMDecoder, kind: DecoderGraphKind) -> None:
         super().__init__()
@@ -162,6 +164,9 @@ class DecoderGraph(nn.Module):
             previous_masks=named.get("previous_masks"),
             spatial_query_index=named.get("spatial_query_index"),
             memory_slot_prompt_index=named.get("memory_slot_prompt_index"),
+            attention_sample_factors=[
+                stride // FEATURE_STRIDES[0] for stride in FEATURE_STRIDES[1 : self.num_levels + 1]
+            ],
         )
         final = output.final
         outputs = [
