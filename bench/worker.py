@@ -168,12 +168,19 @@ class Bench:
     def prepare_onnx(self) -> None:
         """Export (or load from the cache) the image encoder and every decoder graph, as the node's onnx
         backend uses them; the onnx job then runs both in ONNX Runtime."""
-        from seem_ros.engine.onnx_backend import OnnxImageEncoder, export_cached_image_encoder
+        from seem_ros.engine.onnx_backend import (
+            OnnxImageEncoder,
+            default_providers,
+            export_cached_image_encoder,
+            winograd_suits,
+        )
         from seem_ros.engine.onnx_decoder import OnnxDecoder
         from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS
 
         start = time.perf_counter()
-        path, checks = export_cached_image_encoder(self.model, self.job.preset, self.cache_dir / "onnx")
+        path, checks = export_cached_image_encoder(
+            self.model, self.job.preset, self.cache_dir / "onnx", winograd=winograd_suits(default_providers())
+        )
         decoder = OnnxDecoder(
             self.model, self.job.preset, cache_dir=self.cache_dir / "onnx", num_threads=self.job.threads
         )

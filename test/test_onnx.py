@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from assets import tiny_reference_model
@@ -17,7 +18,9 @@ from seem_ros.engine.onnx_backend import (
     ImageEncoderBackend,
     OnnxImageEncoder,
     cached_onnx_image_encoder,
+    export_cached_image_encoder,
     weights_fingerprint,
+    winograd_suits,
 )
 from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
@@ -88,6 +91,28 @@ def test_cache_exports_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> Non
     other = randomize_weights(build_preset("focalt_tiny"), seed=3).eval()
     assert cached_onnx_image_encoder(other, "focalt_tiny", cache_dir=tmp_path).path != first.path
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".onnx", ".onnx"]
+
+
+def test_winograd_form_only_for_the_cpu_provider(tiny_model: SEEM, tmp_path: Path) -> None:
+    assert winograd_suits(["CPUExecutionProvider"])
+    assert not winograd_suits(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert not winograd_suits(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    paths = {
+        winograd: export_cached_image_encoder(tiny_model, "focalt_tiny", tmp_path, winograd=winograd)[0]
+        for winograd in (True, False)
+    }
+    assert paths[True] != paths[False]
+    operators = {
+        winograd: {node.op_type for node in onnx.load(str(path)).graph.node}
+        for winograd, path in paths.items()
+    }
+    assert "DepthToSpace" in operators[True]
+    assert "DepthToSpace" not in operators[False]
+    image = torch.randn(1, 3, 128, 160, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = tiny_model.encode_image(image)
+    features = OnnxImageEncoder(paths[False], providers=["CPUExecutionProvider"])(image)
+    torch.testing.assert_close(features.mask_features, expected.mask_features, **TOLERANCE)
 
 
 def _iou(first: np.ndarray, second: np.ndarray) -> float:

@@ -178,23 +178,38 @@ def onnx_cache_dir() -> Path:
     return default_cache_dir() / "onnx"
 
 
+def winograd_suits(providers: Sequence[str]) -> bool:
+    """Whether sessions on `providers` should run the Winograd form of the pixel decoder's convolutions:
+    only on the CPU provider. CUDA and TensorRT choose their own convolution algorithms (Winograd among
+    them) and run a direct convolution as one kernel, where the exported Winograd form is several."""
+    return not any(provider in ACCELERATED_PROVIDERS for provider in providers)
+
+
 def export_cached_image_encoder(
-    model: SEEM, preset: str, cache_dir: str | Path | None = None, opset: int = DEFAULT_OPSET
+    model: SEEM,
+    preset: str,
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    winograd: bool = True,
 ) -> tuple[Path, list[ExportCheck]]:
     """The cached ONNX file of `model`'s image encoder, exported and checked against PyTorch when missing.
 
-    The file is `<cache_dir>/<preset>-<weights fingerprint>-v<format>-opset<opset>.onnx`, so other weights,
-    another preset or a new export format get a new file; cache_dir defaults to `onnx_cache_dir()`.
-    Returns the path and the checks of a fresh export (empty when the file was already there). Exporting
-    a full-size model takes tens of seconds on a CPU.
+    The file is `<cache_dir>/<preset>-<weights fingerprint>-<form>-v<format>-opset<opset>.onnx` (form:
+    `winograd` or `direct`, see `export_image_encoder`), so other weights, another preset, form or export
+    format get a new file; cache_dir defaults to `onnx_cache_dir()`. Returns the path and the checks of a
+    fresh export (empty when the file was already there). Exporting a full-size model takes tens of
+    seconds on a CPU.
     """
     fingerprint = weights_fingerprint(model)
-    name = f"{preset}-{fingerprint}-v{EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
+    form = "winograd" if winograd else "direct"
+    name = f"{preset}-{fingerprint}-{form}-v{EXPORT_FORMAT_VERSION}-opset{opset}.onnx"
     metadata = {"seem_ros.preset": preset, "seem_ros.weights_fingerprint": fingerprint}
     return cached_export(
         cache_dir,
         name,
-        lambda path: export_and_check_image_encoder(model, path, opset=opset, metadata=metadata),
+        lambda path: export_and_check_image_encoder(
+            model, path, opset=opset, metadata=metadata, winograd=winograd
+        ),
     )
 
 
@@ -227,6 +242,10 @@ def cached_onnx_image_encoder(
     num_threads: int | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> OnnxImageEncoder:
-    """An `OnnxImageEncoder` for `model`, exported on first use (see `export_cached_image_encoder`)."""
-    path, _ = export_cached_image_encoder(model, preset, cache_dir=cache_dir, opset=opset)
-    return OnnxImageEncoder(path, providers=providers, num_threads=num_threads)
+    """An `OnnxImageEncoder` for `model`, exported on first use (see `export_cached_image_encoder`), in
+    the form that suits its providers (`winograd_suits`)."""
+    requested = checked_providers(providers)
+    path, _ = export_cached_image_encoder(
+        model, preset, cache_dir=cache_dir, opset=opset, winograd=winograd_suits(requested)
+    )
+    return OnnxImageEncoder(path, providers=requested, num_threads=num_threads)

@@ -229,10 +229,11 @@ def export_and_check_image_encoder(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
     max_relative_error: float = 1e-3,
+    winograd: bool = True,
 ) -> list[ExportCheck]:
     """`export_image_encoder`, then `check_image_encoder`; removes the file and raises RuntimeError when
     an output differs from PyTorch by more than max_relative_error x max(1, its largest magnitude)."""
-    path = export_image_encoder(model, path, opset=opset, metadata=metadata)
+    path = export_image_encoder(model, path, opset=opset, metadata=metadata, winograd=winograd)
     checks = check_image_encoder(model, path)
     raise_if_export_differs(path, "image encoder", checks, max_relative_error)
     return checks
