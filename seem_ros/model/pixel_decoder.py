@@ -134,7 +134,7 @@ class TransformerEncoderPixelDecoder(nn.Module):
 
     def with_winograd_convolutions(self) -> TransformerEncoderPixelDecoder:
         """A copy whose 3x3 convolutions at strides 4, 8 and 16 (the mask-feature conv and the three finest
-        FPN layers, about 95% of this decoder's FLOPs) run as Winograd F(4x4, 3x3): the same outputs up to
+        FPN layers, about 93% of this decoder's FLOPs) run as Winograd F(4x4, 3x3): the same outputs up to
         float rounding (about 1e-5 relative), a quarter of the multiplications. Inputs padded to a multiple
         of 32 make the stride-4 and stride-8 maps whole tiles (`WinogradConv2d`'s `aligned`). For the
         exported fast path; the model itself keeps direct convolutions."""
