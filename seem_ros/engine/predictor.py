@@ -228,6 +228,11 @@ class SeemPredictor:
         """Encode an (H, W, 3) uint8 RGB image; later `predict` calls reuse its features."""
         self._encoded = self.encode(rgb)
 
+    def set_encoded(self, encoded: EncodedImage) -> None:
+        """Use an image encoded elsewhere (e.g. in one batched pass over several cameras' frames)."""
+        self._encoded = encoded
+        self._encode_timings = {}
+
     def reset_image(self) -> None:
         self._encoded = None
 
@@ -355,7 +360,7 @@ class SeemPredictor:
                 rows = [text_index[i] for i in text_ids]
                 tokens = token_embeddings[rows][attention_mask[rows].bool().to(self.device)]
                 grounding = GroundingTokens(
-                    tokens[:, None], torch.zeros((1, tokens.shape[0]), dtype=torch.bool)
+                    tokens[:, None], torch.zeros((1, tokens.shape[0]), dtype=torch.bool, device=self.device)
                 )
 
         spatial_tokens = None

@@ -283,7 +283,9 @@ class SEEMDecoder(nn.Module):
             if previous_masks is not None:
                 if memory_slot_prompt_index is None:
                     raise ValueError("previous_masks and spatial_query_index need memory_slot_prompt_index")
-                slot_prompts = list(memory_slot_prompt_index)
+                slot_prompts = [slots.to(object_content.device) for slots in memory_slot_prompt_index]
+            # the choices are drawn on the CPU (the same on every device); the queries live on the model's
+            spatial_query_index = spatial_query_index.to(object_content.device)
             sequence.content["spatial"] = object_content[spatial_query_index]
             sequence.position["spatial"] = object_position[spatial_query_index]
             if previous_masks is not None:

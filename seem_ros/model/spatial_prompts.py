@@ -61,10 +61,11 @@ def sample_prompt_points(masks: Tensor, max_points: int, generator: torch.Genera
     weight_per_prompt = torch.zeros(masks.shape[0], dtype=torch.float32, device=masks.device)
     weight_per_prompt[present] = 1.0 / (len(present) * counts)
     probabilities = weight_per_prompt[prompt_of_point]
+    # drawn on the CPU with a CPU generator, so a seeded call draws the same points on every device
     chosen = torch.multinomial(
-        probabilities, min(max_points, len(probabilities)), replacement=False, generator=generator
+        probabilities.cpu(), min(max_points, len(probabilities)), replacement=False, generator=generator
     ).sort()[0]
-    return normalized[chosen]
+    return normalized[chosen.to(masks.device)]
 
 
 def sample_features(features: Tensor, points_xy: Tensor) -> Tensor:

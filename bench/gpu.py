@@ -1,0 +1,381 @@
+"""Benchmark the PyTorch path on a GPU: eager fp32, bf16 autocast, compiled, compiled + CUDA graphs.
+
+    scripts/bench_gpu.sh --json $OUT/gpu.json               # on a CUDA machine (under 6 minutes)
+    scripts/bench_gpu.sh --device cpu --quick               # the same code on the CPU (CI, a minute)
+
+For each preset (random weights) and batch size, a frame is what the node does per camera image: encode,
+decode the panoptic segmentation over the COCO vocabulary together with one tracked target (a click
+carried forward with SEEM's memory prompt), post-process to full-size masks. Batch B = B cameras: their
+frames are encoded in one batched image-encoder pass, then each camera's targets are decoded. Per variant:
+median and p90 of per-stage times (the device is synchronised before each clock read), frames per second
+over all cameras, peak GPU memory, the time the first frames took (compilation), and agreement with
+eager fp32 on the same frames (tracked-target mask IoU and the largest logit difference). The tiny
+reference model (`--reference DIR`, the parity set's weights and image) is checked for agreement too.
+Variants are run in order of importance and skipped, said so in the table, once `--budget` seconds have
+passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.timing import summarize
+from seem_ros.engine.predictor import EncodedImage, Prediction, SeemPredictor
+from seem_ros.engine.prompts import ClickPrompt, Target
+from seem_ros.engine.segmenter import load_model
+from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+from seem_ros.engine.tracker import Tracker
+from seem_ros.engine.vocabulary_cache import VocabularyCache
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.seem import SEEM
+from seem_ros.model.tokenizer import ClipTokenizer
+
+VARIANTS = {
+    "eager": TorchAcceleration("fp32"),
+    "autocast": TorchAcceleration("bf16"),
+    "compiled": TorchAcceleration("bf16", compile=True),
+    "graphs": TorchAcceleration("bf16", compile=True, cuda_graphs=True),
+}
+STAGES = ("preprocess", "image_encoder", "decoder", "postprocess")
+FRAME_SIZE = (512, 683)
+
+
+@dataclass
+class Camera:
+    """One camera's stream state: its frames and its tracker (one click target, never dropped)."""
+
+    frames: list[np.ndarray]
+    tracker: Tracker
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--presets", nargs="+", default=["focalt_v1", "samvitb_v1"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--short-side", type=int, default=512)
+    parser.add_argument("--frames", type=int, default=20, help="timed frames per camera")
+    parser.add_argument("--warmup", type=int, default=3, help="discarded frames per camera (compilation)")
+    parser.add_argument(
+        "--budget", type=float, default=300.0, help="seconds after which variants are skipped"
+    )
+    parser.add_argument("--reference", type=Path, help="parity reference set: agreement on its tiny model")
+    parser.add_argument("--image", type=Path, help="frame to use (default: a real photo from scikit-image)")
+    parser.add_argument("--json", type=Path, help="write the results here (after every variant)")
+    parser.add_argument("--quick", action="store_true", help="focalt_tiny, small input, eager + autocast")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.presets, args.batches, args.short_side = ["focalt_tiny"], [1, 2], 128
+        args.variants = [v for v in args.variants if not VARIANTS[v].compile] or ["eager"]
+        args.frames, args.warmup = 2, 1
+    return args
+
+
+def load_frame(path: Path | None, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB photo resized to `size` (a real image: random pixels decode unlike scenes)."""
+    import cv2
+
+    if path is not None:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(f"image {path} could not be read")
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    else:
+        from skimage import data
+
+        image = data.coffee()
+    return np.ascontiguousarray(cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA))
+
+
+def camera_frames(frame: np.ndarray, count: int, camera: int) -> list[np.ndarray]:
+    """`count` frames of one camera: the photo shifted a little each frame (a moving camera)."""
+    return [np.roll(frame, 4 * (index + camera), axis=1) for index in range(count)]
+
+
+def encode_batch(
+    predictor: SeemPredictor, rgbs: list[np.ndarray], timings: dict[str, float]
+) -> list[EncodedImage]:
+    """Encode same-size frames in one image-encoder pass; one `EncodedImage` per frame. Adds the batch's
+    "preprocess" and "image_encoder" seconds to `timings`."""
+    model, device = predictor.model, predictor.device
+    start = time.perf_counter()
+    resized = [predictor.transform.apply_image(rgb) for rgb in rgbs]
+    batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
+    if device.type == "cuda":
+        batch = batch.pin_memory()
+    padded = model.preprocess(batch.to(device, non_blocking=True))
+    synchronize(device)
+    timings["preprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    features = predictor.image_encoder(padded)
+    synchronize(device)
+    timings["image_encoder"] = time.perf_counter() - start
+    encoded = []
+    for index, rgb in enumerate(rgbs):
+        one = PixelFeatures(
+            mask_features=features.mask_features[index : index + 1],
+            multi_scale_features=[level[index : index + 1] for level in features.multi_scale_features],
+        )
+        encoded.append(EncodedImage(one, rgb.shape[:2], resized[index].shape[:2], tuple(padded.shape[-2:])))
+    return encoded
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_frames(predictor: SeemPredictor, cameras: list[Camera], frame_index: int) -> list[Prediction]:
+    """One step of every camera: batched encode, then each camera's decode and tracker update."""
+    batch_timings: dict[str, float] = {}
+    encoded = encode_batch(predictor, [camera.frames[frame_index] for camera in cameras], batch_timings)
+    predictions = []
+    for camera, image in zip(cameras, encoded, strict=True):
+        predictor.set_encoded(image)
+        prediction = camera.tracker.step(predictor, generic=True)
+        prediction.timings.update({name: value / len(cameras) for name, value in batch_timings.items()})
+        predictions.append(prediction)
+    return predictions
+
+
+def make_cameras(frame: np.ndarray, batch: int, frames: int) -> list[Camera]:
+    cameras = []
+    height, width = frame.shape[:2]
+    for index in range(batch):
+        tracker = Tracker(max_tracks=8, min_score=0.0, max_lost_frames=1_000_000)
+        tracker.add(Target(visual=(ClickPrompt(width / 2.0, height / 2.0),)))
+        cameras.append(Camera(camera_frames(frame, frames, index), tracker))
+    return cameras
+
+
+def build_predictor(
+    model: SEEM,
+    tokenizer: ClipTokenizer,
+    device: torch.device,
+    short_side: int,
+    variant: str,
+    vocabulary_cache: VocabularyCache | None = None,
+) -> SeemPredictor:
+    acceleration = VARIANTS[variant]
+    return SeemPredictor(
+        model,
+        tokenizer,
+        device=device,
+        short_side=short_side,
+        vocabulary_cache=vocabulary_cache,
+        image_encoder=TorchImageEncoder(model, acceleration),
+        decoder_backend=TorchDecoder(model, acceleration),
+    )
+
+
+def agreement(reference: list[Prediction], candidate: list[Prediction]) -> dict[str, float]:
+    """Tracked-target mask IoU (worst frame) and largest logit difference against eager fp32."""
+    ious, differences, magnitudes = [], [], []
+    for expected, actual in zip(reference, candidate, strict=True):
+        for want, got in zip(expected.targets, actual.targets, strict=True):
+            union = np.logical_or(want.mask, got.mask).sum()
+            ious.append(1.0 if union == 0 else float(np.logical_and(want.mask, got.mask).sum() / union))
+            differences.append(float((want.mask_logits - got.mask_logits).abs().max()))
+            magnitudes.append(float(want.mask_logits.abs().max()))
+    return {
+        "mask_iou_min": min(ious),
+        "logit_max_abs_diff": max(differences),
+        "logit_max_abs": max(magnitudes),
+    }
+
+
+def measure(
+    model: SEEM,
+    tokenizer: ClipTokenizer,
+    device: torch.device,
+    args: argparse.Namespace,
+    frame: np.ndarray,
+    batch: int,
+    variant: str,
+    eager_predictions: list[Prediction] | None,
+    vocabulary_cache: VocabularyCache,
+) -> tuple[dict, list[Prediction]]:
+    predictor = build_predictor(model, tokenizer, device, args.short_side, variant, vocabulary_cache)
+    cameras = make_cameras(frame, batch, args.warmup + args.frames)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for index in range(args.warmup):
+        run_frames(predictor, cameras, index)
+    warmup_seconds = time.perf_counter() - start
+    stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    steps = []
+    for index in range(args.warmup, args.warmup + args.frames):
+        start = time.perf_counter()
+        predictions = run_frames(predictor, cameras, index)
+        steps.append(time.perf_counter() - start)
+        for stage in STAGES:
+            stages[stage].append(sum(p.timings.get(stage, 0.0) for p in predictions) / batch)
+    row = {
+        "batch": batch,
+        "variant": variant,
+        "acceleration": VARIANTS[variant].name,
+        "warmup_s": warmup_seconds,
+        "step": summarize(steps),
+        "frames_per_second": batch / float(np.median(steps)),
+        "stages": {stage: summarize(values) for stage, values in stages.items()},
+    }
+    if device.type == "cuda":
+        row["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    fresh = make_cameras(frame, 1, 1)
+    checked = run_frames(predictor, fresh, 0)
+    if eager_predictions is not None:
+        row["agreement_vs_eager_fp32"] = agreement(eager_predictions, checked)
+    return row, checked
+
+
+def reference_agreement(
+    directory: Path, device: torch.device, tokenizer: ClipTokenizer, variants: list[str]
+) -> list[dict]:
+    """Agreement of each variant with eager fp32 on the parity set's tiny model and first image."""
+    from seem_ros.model.checkpoint import load_weights, read_checkpoint
+    from seem_ros.model.official_config import build_from_official_config, load_official_config
+
+    index = json.loads((directory / "index.json").read_text())
+    config = load_official_config(directory / index["config_yaml"])
+    model = build_from_official_config(config)
+    load_weights(model, read_checkpoint(directory / index["model_file"]), Path(index["model_file"]).stem)
+    model = model.to(device).eval()
+    name = index["images"][0]
+    image_path = directory / name if (directory / name).is_file() else directory / "images" / name
+    image = load_frame(image_path, FRAME_SIZE)
+    rows, eager = [], None
+    for variant in ["eager", *(name for name in variants if name != "eager")]:
+        if VARIANTS[variant].cuda_graphs and device.type != "cuda":
+            continue
+        predictor = build_predictor(model, tokenizer, device, 512, variant)
+        camera = make_cameras(image, 1, 1)
+        predictions = run_frames(predictor, camera, 0)
+        if eager is None:
+            eager = predictions
+        rows.append({"variant": variant, **agreement(eager, predictions)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    header = (
+        f"{'preset':<11} {'B':>2} {'variant':<9} {'prep':>7} {'encoder':>8} {'decoder':>8} {'post':>7} "
+        f"{'frame':>8} {'fps':>7} {'GPU MiB':>8} {'warm-up':>8} {'IoU':>6} {'dlogit':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(
+                f"{row['preset']:<11} {row['batch']:>2} {row['variant']:<9} skipped: {row['skipped']}"
+            )
+            continue
+        stage = {name: row["stages"][name]["median_s"] * 1e3 for name in STAGES}
+        agreement_row = row.get("agreement_vs_eager_fp32", {})
+        memory = row.get("peak_gpu_memory_bytes")
+        lines.append(
+            f"{row['preset']:<11} {row['batch']:>2} {row['variant']:<9} {stage['preprocess']:>7.2f} "
+            f"{stage['image_encoder']:>8.2f} {stage['decoder']:>8.2f} {stage['postprocess']:>7.2f} "
+            f"{row['step']['median_s'] * 1e3 / row['batch']:>8.2f} {row['frames_per_second']:>7.1f} "
+            f"{memory / 2**20 if memory else float('nan'):>8.0f} {row['warmup_s']:>8.1f} "
+            f"{agreement_row.get('mask_iou_min', float('nan')):>6.4f} "
+            f"{agreement_row.get('logit_max_abs_diff', float('nan')):>8.2e}"
+        )
+    lines.append("times in ms per frame (per camera); frame = batch step / B; fps over all cameras")
+    return "\n".join(lines)
+
+
+def machine(device: torch.device) -> dict:
+    description = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+        description["cuda"] = torch.version.cuda
+    return description
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    tokenizer = ClipTokenizer()
+    frame = load_frame(args.image, FRAME_SIZE)
+    results: dict = {"machine": machine(device), "frame_size": list(FRAME_SIZE), "rows": []}
+
+    def save() -> None:
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1))
+
+    models: dict[str, tuple[SEEM, VocabularyCache]] = {}
+    for batch in args.batches:
+        for preset in args.presets:
+            eager_predictions = None
+            for variant in args.variants:
+                row: dict = {"preset": preset, "batch": batch, "variant": variant}
+                elapsed = time.perf_counter() - started
+                if elapsed > args.budget:
+                    row["skipped"] = f"time budget ({elapsed:.0f} s > {args.budget:.0f} s)"
+                elif VARIANTS[variant].cuda_graphs and device.type != "cuda":
+                    row["skipped"] = "CUDA graphs need a CUDA device"
+                else:
+                    if preset not in models:
+                        start = time.perf_counter()
+                        model = load_model(preset, random_weights=True).to(device).eval()
+                        models[preset] = (model, VocabularyCache(model.language_encoder))
+                        results.setdefault("model_build_s", {})[preset] = time.perf_counter() - start
+                        print(
+                            f"{preset}: random weights built in {time.perf_counter() - start:.1f} s",
+                            flush=True,
+                        )
+                    model, vocabulary_cache = models[preset]
+                    try:
+                        measured, checked = measure(
+                            model,
+                            tokenizer,
+                            device,
+                            args,
+                            frame,
+                            batch,
+                            variant,
+                            eager_predictions,
+                            vocabulary_cache,
+                        )
+                        row.update(measured)
+                        if variant == "eager":
+                            eager_predictions = checked
+                    except Exception as error:  # a variant that fails is reported, the others still run
+                        row["skipped"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                results["rows"].append(row)
+                elapsed = time.perf_counter() - started
+                print(f"[{elapsed:5.0f} s] " + table([row]).splitlines()[-2], flush=True)
+                save()
+    if args.reference is not None and time.perf_counter() - started < args.budget:
+        results["reference_agreement"] = reference_agreement(args.reference, device, tokenizer, args.variants)
+    results["total_s"] = time.perf_counter() - started
+    save()
+    print()
+    print(table(results["rows"]))
+    for row in results.get("reference_agreement", []):
+        print(
+            f"reference tiny model, {row['variant']:<9} mask IoU {row['mask_iou_min']:.4f}, "
+            f"max |dlogit| {row['logit_max_abs_diff']:.2e} (of {row['logit_max_abs']:.1f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

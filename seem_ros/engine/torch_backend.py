@@ -1,0 +1,178 @@
+"""The PyTorch backends: the image encoder and the decoder run by PyTorch, plain or accelerated.
+
+    acceleration = TorchAcceleration(precision="bf16", compile=True, cuda_graphs=True)
+    predictor = SeemPredictor(
+        model, tokenizer, device="cuda",
+        image_encoder=TorchImageEncoder(model, acceleration),
+        decoder_backend=TorchDecoder(model, acceleration),
+    )
+
+They implement the same protocols as the ONNX Runtime backends (`ImageEncoderBackend`, `DecoderBackend`),
+so the predictor treats every backend alike. The accelerations are for CUDA devices:
+
+- precision: the model runs under autocast in bf16 or fp16 (weights stay fp32; features are handed on
+  as fp32). bf16 keeps fp32's range, so no logit overflows; fp16 has more mantissa. bf16 also runs on
+  the CPU (slowly where the CPU has no bf16 units).
+- compile: `torch.compile` (inductor, Triton kernels on CUDA) of the image encoder and of the decoder.
+  Shapes are static: a graph is compiled per padded input size (a camera has one) and, for the decoder,
+  per prompt layout (number of text, visual and memory targets). Dynamo's recompile limit bounds how many
+  layouts are compiled; beyond it a call runs eagerly, never fails.
+- cuda_graphs: the compiled graphs are recorded as CUDA graphs and replayed (inductor's
+  "reduce-overhead" mode), which removes the per-kernel launch cost that dominates a small decoder.
+  Outputs of a replay live in memory the next replay reuses: the encoder's features are copied out so an
+  encoded frame stays valid while later frames are encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.seem import SEEM
+from seem_ros.model.spatial_prompts import SpatialPromptTokens
+
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TorchAcceleration:
+    """How the PyTorch backends run. precision: "fp32", "bf16" or "fp16" (autocast; CUDA only).
+    compile: torch.compile the encoder and decoder. cuda_graphs: replay them as CUDA graphs (needs
+    compile and a CUDA device)."""
+
+    precision: str = "fp32"
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs replays compiled graphs: set compile too")
+
+    def check_device(self, device: torch.device) -> None:
+        """Refuse what the device cannot do, naming the setting (bf16 autocast also runs on the CPU)."""
+        if device.type != "cuda" and (self.precision == "fp16" or self.cuda_graphs):
+            raise ValueError(
+                f"precision 'fp16' and cuda_graphs need a CUDA device, got {device}; "
+                "use precision 'fp32' or 'bf16' and cuda_graphs false on the CPU"
+            )
+
+    @property
+    def name(self) -> str:
+        parts = [self.precision]
+        if self.compile:
+            parts.append("compiled")
+        if self.cuda_graphs:
+            parts.append("cuda-graphs")
+        return "torch-" + "-".join(parts)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """`function` compiled as this acceleration asks (or unchanged)."""
+        if not self.compile:
+            return function
+        mode = "reduce-overhead" if self.cuda_graphs else "default"
+        return torch.compile(function, mode=mode, dynamic=False, fullgraph=False)
+
+
+def _model_device(model: SEEM) -> torch.device:
+    return next(model.parameters()).device
+
+
+class TorchImageEncoder:
+    """Backbone + pixel decoder in PyTorch (`ImageEncoderBackend`)."""
+
+    def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
+        self.acceleration = acceleration or TorchAcceleration()
+        self.model = model
+        self.name = self.acceleration.name
+        self._encode = self.acceleration.wrap(model.encode_image)
+
+    @torch.inference_mode()
+    def __call__(self, padded_images: Tensor) -> PixelFeatures:
+        """padded_images: (B, 3, H', W') float32 from `SEEM.preprocess`. Returns fp32 `PixelFeatures`
+        owned by the caller (not reused by a later call)."""
+        self.acceleration.check_device(padded_images.device)
+        if self.acceleration.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.acceleration.autocast(padded_images.device):
+            features = self._encode(padded_images)
+        owned = self.acceleration.cuda_graphs or self.acceleration.precision != "fp32"
+        return PixelFeatures(
+            mask_features=_owned_fp32(features.mask_features, owned),
+            multi_scale_features=[_owned_fp32(level, owned) for level in features.multi_scale_features],
+        )
+
+
+def _owned_fp32(tensor: Tensor, copy: bool) -> Tensor:
+    """Floating tensors as fp32 (a new tensor when converted, or copied when `copy`); others unchanged."""
+    if tensor.is_floating_point() and tensor.dtype != torch.float32:
+        return tensor.float()
+    return tensor.clone() if copy else tensor
+
+
+class TorchDecoder:
+    """`SEEM.decode` in PyTorch (`DecoderBackend`); it supports every call."""
+
+    def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
+        self.acceleration = acceleration or TorchAcceleration()
+        self.model = model
+        self.name = self.acceleration.name
+        self._decode = self.acceleration.wrap(model.decode)
+
+    def supports(
+        self,
+        features: PixelFeatures,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+    ) -> bool:
+        return True
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        features: PixelFeatures,
+        class_text_embeddings: Tensor,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> DecoderOutput:
+        """As `SEEM.decode`. Under autocast or CUDA graphs, `predictions` holds only the final step, in
+        fp32 and owned by the caller."""
+        device = features.mask_features.device
+        self.acceleration.check_device(device)
+        if self.acceleration.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.acceleration.autocast(device):
+            output = self._decode(
+                features,
+                class_text_embeddings,
+                grounding=grounding,
+                spatial_tokens=spatial_tokens,
+                previous_masks=previous_masks,
+                generator=generator,
+            )
+        if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
+            return output
+        copy = self.acceleration.cuda_graphs
+        final = replace(
+            output.final,
+            **{
+                item.name: _owned_fp32(value, copy)
+                for item in fields(output.final)
+                if isinstance(value := getattr(output.final, item.name), Tensor)
+            },
+        )
+        return replace(output, predictions=[final])

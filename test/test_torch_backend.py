@@ -1,0 +1,111 @@
+"""The PyTorch backends (`TorchImageEncoder`, `TorchDecoder`): plain fp32 gives the predictor's own
+outputs; bf16 autocast agrees within the stated tolerance; settings a device cannot run are refused; the
+GPU benchmark runs on the CPU and writes its JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seem_ros.engine.predictor import Prediction, SeemPredictor
+from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
+from seem_ros.engine.segmenter import load_model
+from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+from seem_ros.model.tokenizer import ClipTokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The agreement stated for reduced precision (bench/README.md, GPU path): worst tracked-mask IoU and the
+# largest logit difference relative to the largest logit.
+BF16_MIN_IOU = 0.95
+BF16_MAX_RELATIVE_LOGIT_DIFFERENCE = 0.03
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> ClipTokenizer:
+    return ClipTokenizer(cache_dir=tmp_path_factory.mktemp("seem_ros_cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("focalt_tiny", random_weights=True).eval()
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.coffee()[::4, ::4])
+
+
+def _predict(model, tokenizer, photo: np.ndarray, acceleration: TorchAcceleration | None) -> Prediction:
+    backends = {}
+    if acceleration is not None:
+        backends = {
+            "image_encoder": TorchImageEncoder(model, acceleration),
+            "decoder_backend": TorchDecoder(model, acceleration),
+        }
+    predictor = SeemPredictor(model, tokenizer, short_side=96, **backends)
+    predictor.set_image(photo)
+    targets = [Target(visual=(ClickPrompt(60.0, 40.0),)), Target(text=TextPrompt("the red cup"))]
+    return predictor.predict(targets, generic=True)
+
+
+def test_fp32_backends_give_the_predictors_outputs(model, tokenizer, photo):
+    inline = _predict(model, tokenizer, photo, None)
+    backend = _predict(model, tokenizer, photo, TorchAcceleration())
+    for expected, actual in zip(inline.targets, backend.targets, strict=True):
+        assert np.array_equal(expected.mask, actual.mask)
+        torch.testing.assert_close(actual.mask_logits, expected.mask_logits, atol=1e-5, rtol=1e-5)
+    assert np.array_equal(inline.generic.panoptic, backend.generic.panoptic)
+
+
+def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, photo):
+    reference = _predict(model, tokenizer, photo, None)
+    reduced = _predict(model, tokenizer, photo, TorchAcceleration("bf16"))
+    for expected, actual in zip(reference.targets, reduced.targets, strict=True):
+        assert actual.mask_logits.dtype == torch.float32
+        union = np.logical_or(expected.mask, actual.mask).sum()
+        iou = 1.0 if union == 0 else np.logical_and(expected.mask, actual.mask).sum() / union
+        assert iou >= BF16_MIN_IOU
+        difference = float((expected.mask_logits - actual.mask_logits).abs().max())
+        assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
+
+
+def test_settings_a_device_cannot_run_are_refused(model):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchAcceleration("int8")
+    with pytest.raises(ValueError, match="set compile too"):
+        TorchAcceleration("bf16", cuda_graphs=True)
+    encoder = TorchImageEncoder(model, TorchAcceleration("fp16"))
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        encoder(torch.zeros((1, 3, 64, 64)))
+
+
+def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
+    report = tmp_path / "gpu.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.gpu", "--device", "cpu", "--quick", "--json", str(report)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "fps" in completed.stdout and "focalt_tiny" in completed.stdout
+    results = json.loads(report.read_text())
+    measured = [row for row in results["rows"] if "skipped" not in row]
+    assert {(row["batch"], row["variant"]) for row in measured} == {
+        (1, "eager"),
+        (1, "autocast"),
+        (2, "eager"),
+        (2, "autocast"),
+    }
+    for row in measured:
+        assert set(row["stages"]) == {"preprocess", "image_encoder", "decoder", "postprocess"}
+        assert row["frames_per_second"] > 0
