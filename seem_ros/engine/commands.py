@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -168,12 +168,16 @@ class CommandOutcome:
     accepted: False when the command was refused; nothing changed then.
     message: one sentence for the operator, to show or speak ("Tracking red ball as number 3.").
     created, removed: track ids the command created and removed.
+    command: the parsed command; None when the prompt could not be parsed.
+    camera: the camera the command went to (a name as given to `run_prompt`); "" when refused before.
     """
 
     accepted: bool
     message: str
     created: tuple[int, ...] = ()
     removed: tuple[int, ...] = ()
+    command: Command | None = None
+    camera: str = ""
 
 
 @dataclass(frozen=True)
@@ -203,8 +207,9 @@ def resolve_camera(command: Command, cameras: Sequence[str]) -> str:
     for name in cameras:
         if camera_key(name) == command.camera:
             return name
-    served = ", ".join(repr(name) for name in cameras)
-    raise CommandError(f"there is no camera '{command.camera}'; the cameras here are {served}")
+    named = [f"'{name}'" for name in cameras if name]
+    served = f"the cameras here are {', '.join(named)}" if named else "this node's camera has no name"
+    raise CommandError(f"there is no camera '{command.camera}'; {served}")
 
 
 def parse_command(text: str) -> Command:
@@ -276,12 +281,13 @@ def _parse_words(words: list[_Word], said: str) -> Command:
             return Command("vocabulary", names=names)
         return _target("add", words[2:], "look for")
     action: Action = "add"
+    modifier = ""
     if _starts_with(words, ONLY_WORDS):
-        action, words = "replace", words[1:]
+        action, modifier, words = "replace", words[0].key, words[1:]
     elif _starts_with(words, ALSO_WORDS) and len(words) > 1:
-        words = words[1:]
+        modifier, words = words[0].key, words[1:]
     verb = _starts_with(words, VERBS)
-    spoken_verb = " ".join(word.text for word in words[:verb])
+    spoken_verb = " ".join(word.key for word in words[:verb]) or modifier
     words = words[verb:]
     if _starts_with(words, ONLY_WORDS) and len(words) > 1:
         action, words = "replace", words[1:]
@@ -314,6 +320,8 @@ def _parse_forget(words: list[_Word], verb: str) -> Command:
         return Command("clear")
     track_id = _track_id(words)
     if track_id is not None:
+        if track_id < 1:
+            raise CommandError(f"there is no number {track_id}: track numbers start at 1")
         return Command("forget", track_id=track_id)
     every_match = words[0].key in ("all", "every", "each")
     if every_match:
@@ -392,9 +400,9 @@ def _ends_with(words: list[_Word], phrases: Sequence[str]) -> int:
 
 def _strip_politeness(words: list[_Word]) -> list[_Word]:
     words = [word for word in words if word.key]
-    while (opening := _starts_with(words, POLITE_OPENINGS)) and len(words) > opening:
+    while opening := _starts_with(words, POLITE_OPENINGS):
         words = words[opening:]
-    while (ending := _ends_with(words, POLITE_ENDINGS)) and len(words) > ending:
+    while ending := _ends_with(words, POLITE_ENDINGS):
         words = words[:-ending]
     return words
 
@@ -436,6 +444,19 @@ def _check_printable(text: str) -> None:
             )
 
 
+def run_prompt(text: str, segmenters: Mapping[str, FrameSegmenter]) -> CommandOutcome:
+    """Parse a prompt, find the camera it addresses among `segmenters` (camera name -> its segmenter; a
+    prompt naming no camera goes to the first) and apply it there. Never raises for bad input: a prompt that
+    cannot be parsed or carried out gives a refusal whose message says why, and nothing changes."""
+    command = None
+    try:
+        command = parse_command(text)
+        camera = resolve_camera(command, tuple(segmenters))
+    except ValueError as error:
+        return CommandOutcome(False, as_sentence(str(error)), command=command)
+    return replace(apply_command(segmenters[camera], command), camera=camera)
+
+
 def apply_command(segmenter: FrameSegmenter, command: Command) -> CommandOutcome:
     """Carry out a command on a segmenter (its camera is the caller's business: see `resolve_camera`).
 
@@ -444,21 +465,23 @@ def apply_command(segmenter: FrameSegmenter, command: Command) -> CommandOutcome
     """
     try:
         if command.action in ("add", "replace"):
-            return _track_text(segmenter, command)
-        if command.action == "box":
+            outcome = _track_text(segmenter, command)
+        elif command.action == "box":
             track_id = segmenter.add_box(*command.box)
-            return CommandOutcome(True, f"Tracking the box as number {track_id}.", created=(track_id,))
-        if command.action == "vocabulary":
+            outcome = CommandOutcome(True, f"Tracking the box as number {track_id}.", created=(track_id,))
+        elif command.action == "vocabulary":
             segmenter.set_vocabulary(command.names, command.thing_names)
-            return CommandOutcome(True, f"Looking for {_spoken_list(command.names)}.")
-        if command.action == "clear":
+            outcome = CommandOutcome(True, f"Looking for {_spoken_list(command.names)}.")
+        elif command.action == "clear":
             removed = tuple(track.track_id for track in segmenter.tracks())
             segmenter.clear_prompts()
             message = "Forgot every target." if removed else "There was nothing to forget."
-            return CommandOutcome(True, message, removed=removed)
-        return _forget(segmenter, command, _chosen_tracks(segmenter.tracks(), command))
+            outcome = CommandOutcome(True, message, removed=removed)
+        else:
+            outcome = _forget(segmenter, _chosen_tracks(segmenter.tracks(), command))
+        return replace(outcome, command=command)
     except ValueError as error:
-        return CommandOutcome(False, _sentence(str(error)))
+        return CommandOutcome(False, as_sentence(str(error)), command=command)
 
 
 def _track_text(segmenter: FrameSegmenter, command: Command) -> CommandOutcome:
@@ -484,7 +507,7 @@ def _track_text(segmenter: FrameSegmenter, command: Command) -> CommandOutcome:
     return CommandOutcome(True, message, created=(track_id,), removed=removed)
 
 
-def _forget(segmenter: FrameSegmenter, command: Command, chosen: list[TrackSummary]) -> CommandOutcome:
+def _forget(segmenter: FrameSegmenter, chosen: list[TrackSummary]) -> CommandOutcome:
     for track in chosen:
         segmenter.remove_track(track.track_id)
     described = _spoken_list(tuple(_spoken_track(track) for track in chosen))
@@ -547,7 +570,7 @@ def _spoken_list(items: Sequence[str], conjunction: str = "and") -> str:
     return f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
 
 
-def _sentence(reason: str) -> str:
+def as_sentence(reason: str) -> str:
     """An error message as a sentence for the operator: capital first letter, final full stop."""
     reason = reason.strip()
     if not reason:
