@@ -121,6 +121,23 @@ _TRACK_ID = re.compile(r"#?(\d{1,9})")
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
+SPOKEN_EXAMPLES = (
+    "Find the red cup. Also the bottle. Only the chair. Forget number 2. Forget that. Clear. "
+    "Look for cups, bottles and chairs."
+)
+"""Commands in the grammar's words, to prime a speech recogniser (see `speech_prompt`)."""
+SPEECH_PROMPT_NAMES = 40
+"""Most object names `speech_prompt` lists (Whisper reads at most 223 prompt tokens, the last ones)."""
+
+
+def speech_prompt(vocabulary: Sequence[str], targets: Sequence[str]) -> str:
+    """Text that primes a speech recogniser with the command words and the objects it will hear about: the
+    texts of the tracked targets first, then vocabulary names, at most SPEECH_PROMPT_NAMES in all."""
+    names = list(dict.fromkeys(name.strip() for name in (*targets, *vocabulary) if name.strip()))
+    listed = names[:SPEECH_PROMPT_NAMES]
+    return f"{SPOKEN_EXAMPLES} Objects: {', '.join(listed)}." if listed else SPOKEN_EXAMPLES
+
+
 class CommandError(ValueError):
     """A prompt that cannot be carried out; the message says why, for the operator (and the log)."""
 
