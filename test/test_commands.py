@@ -331,3 +331,11 @@ def test_vocabulary_and_box_commands(segmenter: SeemSegmenter) -> None:
     assert accepted and message == f"Tracking the box as number {box}."
     assert [(track.kind, track.text) for track in segmenter.tracks()] == [("box", "")]
     assert apply_command(segmenter, Command("forget", text="box")).removed == (box,)
+
+
+def test_a_node_names_its_camera_after_its_image_topic() -> None:
+    from seem_ros.ros.seem_node import camera_name_of_topic
+
+    assert camera_name_of_topic("/front/color/image_raw") == "front"
+    assert camera_name_of_topic("/test_camera/image_raw") == "test_camera"
+    assert camera_name_of_topic("/image") == ""

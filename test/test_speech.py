@@ -355,14 +355,8 @@ def test_spoken_commands_change_the_targets_and_are_answered(
     coffee = cv2.resize(skimage.data.coffee(), (320, 240), interpolation=cv2.INTER_AREA)
     frame = array_to_image(coffee, "rgb8")
     seem_command = node_command(reference_dir, short_side=128, track_min_score=0.0, panoptic=False)
-    speech_command = [
-        sys.executable,
-        "-m",
-        "seem_ros.ros.speech_node",
-        "--ros-args",
-        "-p",
-        "microphone:=false",
-    ]
+    speech_parameters = ["-p", "microphone:=false", "-p", "speak_feedback:=true"]
+    speech_command = [sys.executable, "-m", "seem_ros.ros.speech_node", "--ros-args", *speech_parameters]
     seem_node = NodeProcess(seem_command, ros_environment, tmp_path / "seem_node.log")
     speech_node = NodeProcess(speech_command, ros_environment, tmp_path / "speech_node.log")
     operator = Operator(ros_context, seem_node, speech_node)
@@ -420,6 +414,8 @@ def test_spoken_commands_change_the_targets_and_are_answered(
         )
         operator.targets_become(frame, {})
         assert seem_node.is_running() and speech_node.is_running()
+        spoken = lambda: "said 'Forgot every target.'" in speech_node.output()  # noqa: E731
+        assert operator.spin_until(spoken, 30.0), speech_node.output()
     finally:
         operator.close()
         seem_exit, speech_exit = seem_node.stop(), speech_node.stop()
