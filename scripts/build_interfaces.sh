@@ -23,6 +23,7 @@ fi
 # the build re-runs configure because CMakeLists.txt, msg/ or srv/ changed.
 export AMENT_PREFIX_PATH="$venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 
+mkdir -p "$build_dir"
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   generator=()
   if command -v ninja > /dev/null; then

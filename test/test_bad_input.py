@@ -249,13 +249,13 @@ def _not_utf8_prompt() -> bytes:
 @pytest.mark.parametrize(
     ("data", "expected_log"),
     [
-        ("", "ignored prompt: '': empty prompt"),
-        ("  \t  ", "empty prompt"),
-        ("x" * 1001, "text prompt has 1001 characters; the limit is 1000"),
+        ("", "ignored prompt: '': Empty prompt"),
+        ("  \t  ", "Empty prompt"),
+        ("x" * 1001, "Text prompt has 1001 characters; the limit is 1000"),
         (_not_utf8_prompt(), "the text sent was not valid UTF-8"),
         ("vocabulary: cup\n[FATAL] [seem_node]: forged line", "control character U+000A"),
         ("\x1b[2J\x1b[31mred cup", "control character U+001B"),
-        ("box: nan, 1, 2, 3", "box corners must be finite numbers"),
+        ("box: nan, 1, 2, 3", "Box corners must be finite numbers"),
         ("box: 600, 10, 700, 20", "is outside the 640x480 image"),
     ],
 )

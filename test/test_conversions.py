@@ -266,42 +266,6 @@ def test_instance_colors_differ():
     assert len(colors) == 29
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("clear", conv.PromptCommand("clear")),
-        ("  CLEAR ", conv.PromptCommand("clear")),
-        ("the red cup", conv.PromptCommand("text", text="the red cup")),
-        ("vocabulary: cup, person", conv.PromptCommand("vocabulary", names=("cup", "person"))),
-        (
-            "Vocabulary: cup, person; stuff: wall, floor",
-            conv.PromptCommand(
-                "vocabulary", names=("cup", "person", "wall", "floor"), thing_names=("cup", "person")
-            ),
-        ),
-        ("box: 10, 20, 30.5, 40", conv.PromptCommand("box", box=(10.0, 20.0, 30.5, 40.0))),
-        ("a note: keep this", conv.PromptCommand("text", text="a note: keep this")),
-    ],
-)
-def test_parse_prompt(text: str, expected: conv.PromptCommand):
-    assert conv.parse_prompt(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("", "empty prompt"),
-        ("vocabulary: ,", "at least one name"),
-        ("vocabulary: cup; walls: x", "expected '; stuff: a, b'"),
-        ("box: 1, 2, 3", "four numbers"),
-        ("box: 30, 20, 10, 40", "top-left then bottom-right"),
-    ],
-)
-def test_parse_prompt_errors(text: str, message: str):
-    with pytest.raises(ValueError, match=message):
-        conv.parse_prompt(text)
-
-
 def _camera_info() -> CameraInfo:
     info = CameraInfo(width=640, height=480, distortion_model="plumb_bob")
     info.header.frame_id = "camera_optical"

@@ -1,5 +1,6 @@
 """Speech: Whisper base (offline) transcribes commands spoken by espeak-ng; seem_speech_node, running as its
-own process, turns them into `prompt` messages over DDS.
+own process, turns them into `prompt` messages over DDS; with seem_node running too, spoken commands change
+its targets and every command is answered on `prompt_feedback`.
 
 Speech is synthesised with espeak-ng (voice en-us, 130 words per minute) and converted by sox to 16 kHz mono
 16-bit WAV; both are apt packages. Transcripts are compared case- and punctuation-insensitively.
@@ -12,19 +13,32 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import rclpy
+import skimage.data
+from node_client import NodeClient, node_command
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from ros_helpers import NodeProcess, ros_context, ros_environment, spin_until  # noqa: F401 (fixtures)
+from sensor_msgs.msg import Image
 from std_msgs.msg import Int16MultiArray, String
 
-from seem_ros.speech import SAMPLE_RATE, Transcriber, UtteranceSegmenter, normalize_text, pcm16_to_float32
+from seem_ros.msg import InstanceMaskArray, PromptFeedback
+from seem_ros.ros.conversions import array_to_image
+from seem_ros.speech import (
+    SAMPLE_RATE,
+    Transcriber,
+    UtteranceSegmenter,
+    normalize_command,
+    normalize_text,
+    pcm16_to_float32,
+)
 from seem_ros.speech.transcriber import assemble_model_folder
 
 ESPEAK = shutil.which("espeak-ng")
@@ -73,6 +87,13 @@ def test_normalize_text() -> None:
     assert normalize_text("Pick up the blue-green bottle!") == "pick up the blue-green bottle"
     assert normalize_text("What's   that?") == "what's that"
     assert normalize_text(" ... ") == ""
+
+
+def test_normalize_command_keeps_list_commas() -> None:
+    assert normalize_command("Look for cups, bottles and chairs.") == "look for cups, bottles and chairs"
+    assert normalize_command(" Segment , the red cup!") == "segment, the red cup"
+    assert normalize_command("Forget #3.") == "forget #3"
+    assert normalize_command(", ... ,") == ""
 
 
 def test_pcm16_to_float32() -> None:
@@ -276,3 +297,126 @@ def test_speech_node_publishes_spoken_commands_as_prompts(
         assert log.count("heard ") == 3, log
     finally:
         client.close()
+
+
+FEEDBACK_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+SPOKEN_COMMANDS = ("find the red ball", "also the cup", "forget the ball")
+COMMAND_TIMEOUT = 120.0
+
+
+class Operator(NodeClient):
+    """seem_node's client (camera frames, results) that also talks to seem_speech_node and reads answers."""
+
+    def __init__(
+        self, context: rclpy.context.Context, seem_node: NodeProcess, speech_node: NodeProcess
+    ) -> None:
+        super().__init__(context, seem_node)
+        self.speech_node = speech_node
+        self.feedback: list[PromptFeedback] = []
+        self.node.create_subscription(PromptFeedback, "/prompt_feedback", self.feedback.append, FEEDBACK_QOS)
+        self.speech_files = self.node.create_publisher(String, "/speech_file", QoSProfile(depth=10))
+
+    def answer_to(self, send: Callable[[], None]) -> PromptFeedback:
+        """send() one prompt, then wait for the next answer (commands are sent one at a time)."""
+        known = len(self.feedback)
+        send()
+        answered = self.spin_until(lambda: len(self.feedback) > known, COMMAND_TIMEOUT)
+        logs = f"{self.process.output()}\n--- speech node:\n{self.speech_node.output()}"
+        assert answered, f"no answer:\n{logs}"
+        return self.feedback[known]
+
+    def say(self, wav: Path) -> PromptFeedback:
+        return self.answer_to(lambda: self.speech_files.publish(String(data=str(wav))))
+
+    def type(self, text: str) -> PromptFeedback:
+        return self.answer_to(lambda: self.prompts.publish(String(data=text)))
+
+    def targets_become(self, frame: Image, texts: dict[int, str]) -> None:
+        """Stream frames until the newest result's tracked instances are `texts` (track id -> text)."""
+
+        def tracked(msg: InstanceMaskArray) -> dict[int, str]:
+            return {i.track_id: i.prompt_text for i in msg.instances if i.track_id > 0}
+
+        self.publish_until(frame, lambda: bool(self.instances) and tracked(self.instances[-1]) == texts)
+
+
+@needs_speech_synthesis
+def test_spoken_commands_change_the_targets_and_are_answered(
+    ros_environment: dict[str, str],  # noqa: F811
+    ros_context: rclpy.context.Context,  # noqa: F811
+    reference_dir: Path,
+    tmp_path: Path,
+) -> None:
+    wavs = {
+        phrase: _speak(phrase, tmp_path / f"{phrase.replace(' ', '_')}.wav") for phrase in SPOKEN_COMMANDS
+    }
+    backwards = tmp_path / "backwards.wav"
+    subprocess.run([SOX, str(wavs["find the red ball"]), str(backwards), "reverse"], check=True)
+    coffee = cv2.resize(skimage.data.coffee(), (320, 240), interpolation=cv2.INTER_AREA)
+    frame = array_to_image(coffee, "rgb8")
+    seem_command = node_command(reference_dir, short_side=128, track_min_score=0.0, panoptic=False)
+    speech_parameters = ["-p", "microphone:=false", "-p", "speak_feedback:=true"]
+    speech_command = [sys.executable, "-m", "seem_ros.ros.speech_node", "--ros-args", *speech_parameters]
+    seem_node = NodeProcess(seem_command, ros_environment, tmp_path / "seem_node.log")
+    speech_node = NodeProcess(speech_command, ros_environment, tmp_path / "speech_node.log")
+    operator = Operator(ros_context, seem_node, speech_node)
+    try:
+        operator.wait_for_node()
+        ready = operator.spin_until(lambda: operator.speech_files.get_subscription_count() > 0, 60.0)
+        assert ready and speech_node.is_running(), speech_node.output()
+        assert operator.spin_until(lambda: any(item.action == "ready" for item in operator.feedback), 10.0)
+
+        found = operator.say(wavs["find the red ball"])
+        assert normalize_text(found.prompt) == "find the red ball", found
+        assert (found.accepted, found.action, found.message) == (
+            True,
+            "add",
+            "Tracking red ball as number 1.",
+        )
+        assert list(found.created_track_ids) == [1] and list(found.track_texts) == ["red ball"]
+        assert "cup" in found.vocabulary
+        operator.targets_become(frame, {1: "red ball"})
+
+        also = operator.say(wavs["also the cup"])
+        assert (normalize_text(also.prompt), also.accepted) == ("also the cup", True), also
+        assert (list(also.created_track_ids), also.message) == ([2], "Tracking cup as number 2.")
+        operator.targets_become(frame, {1: "red ball", 2: "cup"})
+
+        forgot = operator.say(wavs["forget the ball"])
+        assert normalize_text(forgot.prompt) in ("forget the ball", "forget the balls"), forgot
+        assert (forgot.accepted, forgot.action, list(forgot.removed_track_ids)) == (True, "forget", [1])
+        assert forgot.message == "Forgot red ball (number 1)." and list(forgot.track_ids) == [2]
+        operator.targets_become(frame, {2: "cup"})
+
+        unsure = operator.say(backwards)
+        assert (unsure.accepted, unsure.message) == (False, "I did not understand."), unsure
+        assert unsure.prompt and not unsure.track_ids, unsure
+
+        for typed, reason in [
+            (
+                "in the wrist camera find the cup",
+                "There is no camera 'wrist'; the cameras here are 'test_camera'.",
+            ),
+            ("forget number 42", "There is no number 42; the targets are cup (number 2)."),
+            ("forget", "Forget what?"),
+            ("   ", "Empty prompt"),
+            ("find the \x1b[31mcup", "Prompt holds the control character U+001B"),
+        ]:
+            refused = operator.type(typed)
+            assert (refused.prompt, refused.accepted) == (typed, False), refused
+            assert refused.message.startswith(reason) and list(refused.track_ids) == [2], refused
+            assert not refused.created_track_ids and not refused.removed_track_ids
+        cleared = operator.type("on test camera clear")
+        assert (cleared.accepted, cleared.camera, list(cleared.removed_track_ids)) == (
+            True,
+            "test_camera",
+            [2],
+        )
+        operator.targets_become(frame, {})
+        assert seem_node.is_running() and speech_node.is_running()
+        spoken = lambda: "said 'Forgot every target.'" in speech_node.output()  # noqa: E731
+        assert operator.spin_until(spoken, 30.0), speech_node.output()
+    finally:
+        operator.close()
+        seem_exit, speech_exit = seem_node.stop(), speech_node.stop()
+    assert (seem_exit, speech_exit) == (0, 0), f"{seem_node.output()}\n{speech_node.output()}"

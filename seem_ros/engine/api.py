@@ -59,6 +59,20 @@ class SegmenterConfig:
     max_image_pixels: int = 16_777_216
 
 
+@dataclass(frozen=True)
+class TrackSummary:
+    """A tracked target as commands name it: its id, what produced it (text, click, box, scribble, mask or
+    referring_image) and its referring text ("" unless it has one)."""
+
+    track_id: int
+    kind: str
+    text: str = ""
+
+
+class TrackLimitError(ValueError):
+    """A new target was refused because `max_tracks` targets are already tracked."""
+
+
 @runtime_checkable
 class FrameSegmenter(Protocol):
     """A stateful segmenter for a stream of images: prompts and tracks persist across `process` calls.
@@ -71,8 +85,9 @@ class FrameSegmenter(Protocol):
         """Segment one image. rgb: (H, W, 3) uint8 RGB. Returns masks at (H, W)."""
         ...
 
-    def set_text_prompt(self, text: str) -> None:
-        """Start tracking what `text` refers to ("the red cup"); every text prompt adds a target."""
+    def set_text_prompt(self, text: str) -> int:
+        """Start tracking what `text` refers to ("the red cup"); every text prompt adds a target. Returns its
+        track id; raises TrackLimitError when max_tracks targets exist."""
         ...
 
     def add_click(self, x: float, y: float, positive: bool) -> None:
@@ -92,8 +107,9 @@ class FrameSegmenter(Protocol):
         """Segment one image outside the stream (by text, else panoptically) without touching the tracks."""
         ...
 
-    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
-        """Add a box prompt with corners (x0, y0) top-left and (x1, y1) bottom-right, pixels."""
+    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> int:
+        """Track a box prompt with corners (x0, y0) top-left and (x1, y1) bottom-right, pixels; returns the
+        track id."""
         ...
 
     def add_mask(self, mask: np.ndarray) -> None:
@@ -102,6 +118,18 @@ class FrameSegmenter(Protocol):
 
     def clear_prompts(self) -> None:
         """Forget all text and visual prompts: back to panoptic segmentation of the vocabulary."""
+        ...
+
+    def tracks(self) -> tuple[TrackSummary, ...]:
+        """The tracked targets, oldest first."""
+        ...
+
+    def remove_track(self, track_id: int) -> None:
+        """Stop tracking one target; raises ValueError naming the existing ids if there is no such track."""
+        ...
+
+    def vocabulary_names(self) -> tuple[str, ...]:
+        """The names of the current panoptic vocabulary."""
         ...
 
     def reset_tracking(self) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from seem_ros.cache import default_cache_dir
-from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.api import SegmenterConfig, TrackSummary
 from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt, VisualPrompt
@@ -92,9 +92,9 @@ class SeemSegmenter:
         self._image_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ prompts
-    def set_text_prompt(self, text: str) -> None:
-        """Track what `text` refers to. Texts longer than SEEM's 77-token context are refused (the model
-        would silently read only their beginning)."""
+    def set_text_prompt(self, text: str) -> int:
+        """Track what `text` refers to; returns the track id. Texts longer than SEEM's 77-token context are
+        refused (the model would silently read only their beginning)."""
         target = Target(text=TextPrompt(text))
         tokens = self.predictor.tokenizer.token_count(text)
         if tokens > CONTEXT_LENGTH:
@@ -103,7 +103,7 @@ class SeemSegmenter:
                 "shorten it"
             )
         with self._lock:
-            self.tracker.add(target)
+            return self.tracker.add(target)
 
     def _check_point(self, x: float, y: float) -> None:
         if self._image_size is not None:
@@ -135,12 +135,12 @@ class SeemSegmenter:
             else:
                 self.tracker.add(Target(visual=(prompt,)))
 
-    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+    def add_box(self, x0: float, y0: float, x1: float, y1: float) -> int:
         box = BoxPrompt(float(x0), float(y0), float(x1), float(y1))
         self._check_point(box.x_min, box.y_min)
         self._check_point(box.x_max, box.y_max)
         with self._lock:
-            self.tracker.add(Target(visual=(box,)))
+            return self.tracker.add(Target(visual=(box,)))
 
     def add_mask(self, mask: np.ndarray) -> None:
         mask = np.asarray(mask).astype(bool)
@@ -169,6 +169,20 @@ class SeemSegmenter:
     def clear_prompts(self) -> None:
         with self._lock:
             self.tracker.clear()
+
+    def tracks(self) -> tuple[TrackSummary, ...]:
+        with self._lock:
+            return tuple(TrackSummary(track.track_id, track.kind, track.text) for track in self.tracker)
+
+    def remove_track(self, track_id: int) -> None:
+        with self._lock:
+            if self.tracker.get(track_id) is None:
+                existing = ", ".join(str(track.track_id) for track in self.tracker) or "none"
+                raise ValueError(f"no track with id {track_id}; the track ids are {existing}")
+            self.tracker.remove(track_id)
+
+    def vocabulary_names(self) -> tuple[str, ...]:
+        return tuple(self.predictor.vocabulary.names)
 
     def reset_tracking(self) -> None:
         """Forget the memory of every track (masks, anchors); each target restarts from its prompt."""

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from torch import Tensor
 
+from seem_ros.engine.api import TrackLimitError
 from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, ScribblePrompt, Target, VisualPrompt
 
@@ -143,7 +144,7 @@ class Tracker:
     def add(self, target: Target) -> int:
         """Start tracking a target; returns its id."""
         if len(self._tracks) >= self.max_tracks:
-            raise ValueError(
+            raise TrackLimitError(
                 f"already tracking {len(self._tracks)} targets (max_tracks {self.max_tracks}); "
                 "clear or reset tracking first"
             )

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import math
 import sys
-import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -55,11 +53,8 @@ PANOPTIC_ENCODINGS = ("32SC1", "mono16")
 SEMANTIC_ENCODING = "mono16"
 SEMANTIC_NONE = 65535
 
-MAX_PROMPT_CHARACTERS = 10_000
 # Distortion coefficient counts cv2.projectPoints accepts (plumb_bob has 5, rational_polynomial 8).
 _DISTORTION_LENGTHS = (4, 5, 8, 12, 14)
-# Bidirectional overrides and isolates: they make a logged prompt read differently from what it is.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def image_to_array(msg: Image) -> np.ndarray:
@@ -295,87 +290,6 @@ def overlay_image(
 ) -> Image:
     """rgb8 Image of render_overlay(rgb, result.instances)."""
     return array_to_image(render_overlay(rgb, result.instances, alpha, draw_labels), "rgb8", header)
-
-
-@dataclass(frozen=True)
-class PromptCommand:
-    """A parsed message of the `prompt` topic. kind: "clear", "vocabulary", "box" or "text"."""
-
-    kind: str
-    text: str = ""
-    names: tuple[str, ...] = ()
-    thing_names: tuple[str, ...] = ()
-    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-
-    def describe(self) -> str:
-        if self.kind == "vocabulary":
-            return f"vocabulary {', '.join(self.names)} (things: {', '.join(self.thing_names) or 'all'})"
-        if self.kind == "box":
-            return f"box {self.box}"
-        return self.kind if self.kind == "clear" else f"text {self.text!r}"
-
-
-def parse_prompt(text: str) -> PromptCommand:
-    """Parse the `prompt` topic's small grammar (keywords are case-insensitive):
-
-    "clear"                                forget all prompts
-    "vocabulary: cup, person; stuff: wall" new vocabulary: the names before ';' are things, those after
-                                           "stuff:" are stuff; without "; stuff:" all names are things
-    "box: x0, y0, x1, y1"                  box prompt, pixels, top-left and bottom-right corners
-    anything else                          text prompt ("the red cup on the left")
-
-    Raises ValueError for an empty prompt, one longer than MAX_PROMPT_CHARACTERS, one holding control,
-    surrogate, bidirectional-override or replacement (U+FFFD, left by text that was not UTF-8)
-    characters, and for malformed vocabulary and box commands.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"prompt must be a string, got {type(text).__name__}")
-    stripped = text.strip()
-    if not stripped:
-        raise ValueError("empty prompt; send 'clear' to forget prompts")
-    if len(stripped) > MAX_PROMPT_CHARACTERS:
-        raise ValueError(f"prompt has {len(stripped)} characters; the limit is {MAX_PROMPT_CHARACTERS}")
-    _check_printable(stripped)
-    keyword, _, rest = stripped.partition(":")
-    keyword = keyword.strip().lower()
-    if stripped.lower() == "clear":
-        return PromptCommand("clear")
-    if keyword == "vocabulary":
-        things_part, _, stuff_part = rest.partition(";")
-        things = _split_names(things_part)
-        stuff_keyword, _, stuff_names = stuff_part.partition(":")
-        if stuff_part.strip() and stuff_keyword.strip().lower() != "stuff":
-            raise ValueError(f"expected '; stuff: a, b' after the thing names, got {stuff_part.strip()!r}")
-        stuff = _split_names(stuff_names)
-        if not things and not stuff:
-            raise ValueError("vocabulary needs at least one name: 'vocabulary: cup, person; stuff: wall'")
-        return PromptCommand("vocabulary", names=things + stuff, thing_names=things if stuff else ())
-    if keyword == "box":
-        try:
-            x0, y0, x1, y1 = (float(value) for value in rest.replace(",", " ").split())
-        except ValueError:
-            raise ValueError(f"box needs four numbers 'box: x0, y0, x1, y1', got {rest.strip()!r}") from None
-        if not all(math.isfinite(value) for value in (x0, y0, x1, y1)):
-            raise ValueError(f"box corners must be finite numbers, got {(x0, y0, x1, y1)}")
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"box corners must be top-left then bottom-right, got {(x0, y0, x1, y1)}")
-        return PromptCommand("box", box=(x0, y0, x1, y1))
-    return PromptCommand("text", text=stripped)
-
-
-def _check_printable(text: str) -> None:
-    for position, character in enumerate(text):
-        if character == "\ufffd":
-            raise ValueError(f"prompt holds U+FFFD at position {position}: the text sent was not valid UTF-8")
-        if unicodedata.category(character) in ("Cc", "Cs") or character in _BIDI_CONTROLS:
-            raise ValueError(
-                f"prompt holds the control character U+{ord(character):04X} at position {position}; "
-                "send printable text on one line"
-            )
-
-
-def _split_names(text: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def project_point(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:

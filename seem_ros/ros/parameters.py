@@ -146,6 +146,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ),
     # Input
     ParameterSpec(
+        "camera_name",
+        "",
+        "Name operators give this camera in commands ('in the front camera find the cup'); empty = the first "
+        "part of the resolved image topic (/front/image_raw: front).",
+    ),
+    ParameterSpec(
         "compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."
     ),
     ParameterSpec(
@@ -223,6 +229,7 @@ class NodeSettings:
     max_tracks: int
     track_min_score: float
     max_lost_frames: int
+    camera_name: str
     compressed: bool
     max_rate: float
     max_image_pixels: int

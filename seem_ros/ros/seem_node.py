@@ -6,8 +6,9 @@ Subscribes (relative names, remap them; pixels are x = column, y = row of the ca
   image            sensor_msgs/Image, sensor-data QoS depth 1 (REP-2003); or, with `compressed: true`,
   image/compressed sensor_msgs/CompressedImage
   camera_info      sensor_msgs/CameraInfo, to project `clicked_point` (and for depth, see below)
-  prompt           std_msgs/String: "clear" | "vocabulary: a, b; stuff: c, d" | "box: x0, y0, x1, y1" | text.
-                   "box: ..." is the way to give a box prompt: top-left and bottom-right corners, pixels.
+  prompt           std_msgs/String: an operator command, typed or spoken ("find the red cup", "also the
+                   bottle", "forget number 2", "clear", "look for cups and chairs", "box: x0, y0, x1, y1";
+                   the grammar is seem_ros.engine.commands); each is answered on prompt_feedback.
   clicked_point    geometry_msgs/PointStamped in the camera optical frame (metres), e.g. RViz "Publish Point",
                    projected through the CameraInfo; points in other frames are refused (no tf here)
   click_pixel      geometry_msgs/PointStamped with x, y in image pixels; z < 0 marks a negative click
@@ -30,6 +31,9 @@ Publishes (every message stamped with the header of the image it came from):
   overlay          sensor_msgs/Image rgb8, the input with instances drawn, only while subscribed
   markers          visualization_msgs/MarkerArray with `publish_markers: true`, only while subscribed: a label
                    per instance and, with depth, a box (seem_ros.ros.markers)
+  prompt_feedback  seem_ros/PromptFeedback, reliable, transient local: for every prompt, what was understood
+                   (track ids created and removed, the targets and vocabulary now) or why it was refused;
+                   one with action "ready" at start
   /diagnostics     diagnostic_msgs/DiagnosticArray
 Services: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and reset_tracking (std_srvs/Trigger),
   segment_image (seem_ros/SegmentImage).
@@ -58,7 +62,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped, PolygonStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from rclpy.serialization import deserialize_message
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -67,9 +71,10 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from seem_ros.engine.api import FrameSegmenter
+from seem_ros.engine.commands import CommandOutcome, run_prompt
 from seem_ros.engine.prompts import ReferringImagePrompt, ScribblePrompt, Target
 from seem_ros.engine.results import FrameResult
-from seem_ros.msg import InstanceMaskArray
+from seem_ros.msg import InstanceMaskArray, PromptFeedback
 from seem_ros.ros.conversions import (
     compressed_to_rgb,
     frame_result_to_msg,
@@ -77,7 +82,6 @@ from seem_ros.ros.conversions import (
     image_to_rgb,
     overlay_image,
     panoptic_image,
-    parse_prompt,
     project_point,
     semantic_image,
 )
@@ -96,6 +100,9 @@ IMAGE_QOS = sensor_qos(1)
 DEPTH_QOS = sensor_qos(5)
 RESULT_QOS = QoSProfile(depth=5)  # reliable, volatile
 COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
+# Reliable; late joiners (a speech node started later) get the newest answers, with the vocabulary in them.
+FEEDBACK_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+FEEDBACK_PROMPT_CHARACTERS = 200
 MASK_ENCODINGS = ("mono8", "8UC1")
 
 
@@ -193,6 +200,7 @@ class SeemNode(Node):
         if self.settings.publish_markers:
             self._markers_pub = self.create_publisher(MarkerArray, "markers", RESULT_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
 
         self._frame_ready = self.create_guard_condition(self._process_latest, callback_group=inference_group)
         self._image_type = CompressedImage if self.settings.compressed else Image
@@ -278,10 +286,13 @@ class SeemNode(Node):
             self.settings.diagnostics_period, self._publish_diagnostics, callback_group=input_group
         )
 
-        described = ", ".join(f"{key} {value}" for key, value in self._description.items())
-        self.get_logger().info(
-            f"ready: {described}; listening on {self.resolve_topic_name(self._image_topic)}"
+        self._camera_name = self.settings.camera_name or camera_name_of_topic(
+            self.resolve_topic_name(self._image_topic)
         )
+        described = ", ".join(f"{key} {value}" for key, value in self._description.items())
+        topic = self.resolve_topic_name(self._image_topic)
+        self.get_logger().info(f"ready: {described}; camera '{self._camera_name}' on {topic}")
+        self._publish_feedback("", CommandOutcome(True, "Ready."), action="ready")
 
     # Input
     def _on_image(self, serialized: bytes) -> None:
@@ -438,21 +449,35 @@ class SeemNode(Node):
 
     # Prompts
     def _on_prompt(self, msg: String) -> None:
-        try:
-            command = parse_prompt(msg.data)
-            with self._segmenter_lock:
-                if command.kind == "clear":
-                    self._segmenter.clear_prompts()
-                elif command.kind == "vocabulary":
-                    self._segmenter.set_vocabulary(command.names, command.thing_names)
-                elif command.kind == "box":
-                    self._segmenter.add_box(*command.box)
-                else:
-                    self._segmenter.set_text_prompt(command.text)
-        except ValueError as error:
-            self._input_error("prompt", f"{msg.data!r}: {error}")
-            return
-        self.get_logger().info(f"prompt: {command.describe()}")
+        """Carry out an operator command (grammar: seem_ros.engine.commands) and answer on prompt_feedback."""
+        with self._segmenter_lock:
+            outcome = run_prompt(msg.data, {self._camera_name: self._segmenter})
+        if outcome.accepted and outcome.command is not None:
+            self.get_logger().info(f"prompt: {outcome.command.describe()}: {outcome.message}")
+        else:
+            self._input_error("prompt", f"{msg.data!r}: {outcome.message}")
+        action = outcome.command.action if outcome.accepted and outcome.command is not None else ""
+        self._publish_feedback(msg.data, outcome, action)
+
+    def _publish_feedback(self, prompt: str, outcome: CommandOutcome, action: str) -> None:
+        with self._segmenter_lock:
+            tracks = self._segmenter.tracks()
+            vocabulary = self._segmenter.vocabulary_names()
+        self._feedback_pub.publish(
+            PromptFeedback(
+                header=Header(stamp=self.get_clock().now().to_msg()),
+                prompt=prompt[:FEEDBACK_PROMPT_CHARACTERS],
+                accepted=outcome.accepted,
+                action=action,
+                camera=outcome.camera,
+                message=outcome.message,
+                created_track_ids=list(outcome.created),
+                removed_track_ids=list(outcome.removed),
+                track_ids=[track.track_id for track in tracks],
+                track_texts=[track.text for track in tracks],
+                vocabulary=list(vocabulary),
+            )
+        )
 
     def _on_click_pixel(self, msg: PointStamped) -> None:
         self._add_click(msg.point.x, msg.point.y, positive=msg.point.z >= 0.0, source="click_pixel")
@@ -646,6 +671,13 @@ class SeemNode(Node):
         self._diagnostics_pub.publish(
             DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[status])
         )
+
+
+def camera_name_of_topic(topic: str) -> str:
+    """The camera name a topic implies: its first part ("/front/color/image_raw" -> "front"); "" for a
+    topic at the root ("/image")."""
+    parts = [part for part in topic.split("/") if part]
+    return parts[0] if len(parts) > 1 else ""
 
 
 def _binary_mask(msg: Image) -> np.ndarray:

@@ -1,6 +1,6 @@
 """seem_speech_node: spoken commands become text prompts for seem_node.
 
-Run: `seem_speech_node --ros-args -p initial_prompt:="Find the mug, the keys or the remote."`
+Run: `seem_speech_node --ros-args -p speak_feedback:=true`
 
 Inputs (any mix, all served at once):
   audio        std_msgs/Int16MultiArray: chunks of 16 kHz mono signed 16-bit PCM of any length (`layout`
@@ -13,18 +13,26 @@ Inputs (any mix, all served at once):
   microphone   with `microphone: true`, the default (or `microphone_device`) input device through the
                `sounddevice` package, cut like `audio`. Without the package or a device this is logged once
                and the other inputs are still served.
+  prompt_feedback  seem_ros/PromptFeedback, reliable, transient local: seem_node's answers. The vocabulary and
+               target texts in them prime Whisper (with the command words, unless `initial_prompt` is set);
+               with `speak_feedback: true` each answer's message is spoken with espeak-ng.
 Publishes (relative names, remap them):
-  prompt       std_msgs/String, reliable: each recognised command, normalised ("segment the red cup"), which
-               seem_node takes as a text prompt ("clear" clears its prompts).
-Transcripts without words, with a high no-speech probability or a low average log probability are logged and
-not published. Whisper runs on a worker thread, one utterance at a time in arrival order, so the inputs never
-wait for it; utterances arriving while `max_queued` are waiting are dropped with a warning.
+  prompt       std_msgs/String, reliable: each recognised command, normalised ("segment the red cup", commas
+               between list items kept), which seem_node parses as an operator command.
+  prompt_feedback  "I did not understand." (accepted false) for a transcript with words but a high no-speech
+               probability or a low average log probability, which is not published on prompt.
+Transcripts without words are only logged. Whisper runs on a worker thread, one utterance at a time in arrival
+order, so the inputs never wait for it; utterances arriving while `max_queued` are waiting are dropped with a
+warning. While feedback is spoken the microphone is not listened to (the robot would hear itself).
 """
 
 from __future__ import annotations
 
 import queue
+import shutil
+import subprocess
 import threading
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -32,13 +40,15 @@ import numpy as np
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
-from std_msgs.msg import Int16MultiArray, String
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from rclpy.time import Time
+from std_msgs.msg import Header, Int16MultiArray, String
 
+from seem_ros.engine.commands import SPOKEN_EXAMPLES, speech_prompt
+from seem_ros.msg import PromptFeedback
 from seem_ros.ros.node_runner import run_node, sensor_qos
 from seem_ros.ros.parameters import ParameterError, ParameterSpec, ParameterValue
 from seem_ros.speech.transcriber import (
-    DEFAULT_INITIAL_PROMPT,
     SAMPLE_RATE,
     Transcriber,
     Transcript,
@@ -51,6 +61,8 @@ NODE_NAME = "seem_speech_node"
 # REP-2003: sensor streams best effort; deep enough to hold a burst of ~10 s of 0.1 s chunks.
 AUDIO_QOS = sensor_qos(100)
 COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
+FEEDBACK_QOS = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # as seem_node's
+NOT_UNDERSTOOD = "I did not understand."
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
     # Recogniser
@@ -66,8 +78,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("beam_size", 5, "Beam search width (1 = greedy).", int_range=(1, 20)),
     ParameterSpec(
         "initial_prompt",
-        DEFAULT_INITIAL_PROMPT,
-        "Text that primes the recogniser: the style of a command and object names you expect; empty = none.",
+        "",
+        "Fixed text that primes the recogniser; empty = built from the command words and the vocabulary and "
+        "targets seem_node reports on prompt_feedback.",
     ),
     ParameterSpec("device", "cpu", "Where Whisper runs.", choices=("cpu", "cuda", "auto")),
     ParameterSpec(
@@ -124,6 +137,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "max_queued", 8, "Utterances waiting for Whisper beyond this are dropped.", int_range=(1, 1000)
     ),
+    # Answers
+    ParameterSpec("speak_feedback", False, "Speak seem_node's answers (prompt_feedback) with espeak-ng."),
+    ParameterSpec("voice", "en-us", "espeak-ng voice of the spoken answers.", pattern=r"[A-Za-z0-9_+\-]+"),
 )
 
 
@@ -148,13 +164,15 @@ class SpeechSettings:
     min_log_probability: float
     max_no_speech_probability: float
     max_queued: int
+    speak_feedback: bool
+    voice: str
 
     def transcriber(self) -> Transcriber:
         return Transcriber(
             model_dir=self.model_dir or None,
             language=self.language,
             beam_size=self.beam_size,
-            initial_prompt=self.initial_prompt,
+            initial_prompt=self.initial_prompt or SPOKEN_EXAMPLES,
             device=self.device,
             compute_type=self.compute_type,
             cpu_threads=self.cpu_threads,
@@ -212,13 +230,22 @@ class SpeechNode(Node):
         self._jobs: queue.Queue[SpeechJob | None] = queue.Queue(maxsize=self.settings.max_queued)
         self._audio_segmenter = self.settings.segmenter()
         self._microphone_segmenter = self.settings.segmenter()
+        self._recognition_prompt = self.settings.initial_prompt or SPOKEN_EXAMPLES
+        self._started = self.get_clock().now()
+        self._speaker: threading.Thread | None = None
+        self._answers: queue.Queue[str | None] = queue.Queue(maxsize=8)
+        self._speaking = threading.Event()
 
         self._prompt_pub = self.create_publisher(String, "prompt", COMMAND_QOS)
+        self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
+        self.create_subscription(PromptFeedback, "prompt_feedback", self._on_feedback, FEEDBACK_QOS)
         self.create_subscription(Int16MultiArray, "audio", self._on_audio, AUDIO_QOS)
         self.create_subscription(String, "speech_file", self._on_speech_file, COMMAND_QOS)
         self._wav_timer = self.create_timer(0.2, self._on_wav_timer) if self.settings.wav_file else None
         self._worker = threading.Thread(target=self._transcribe_jobs, name="whisper", daemon=True)
         self._worker.start()
+        if self.settings.speak_feedback:
+            self._start_speaker()
         if self.settings.microphone:
             self._start_microphone()
 
@@ -226,6 +253,9 @@ class SpeechNode(Node):
         if self._microphone_stream is not None:
             self._microphone_stream.close()
             self._microphone_stream = None
+        if self._speaker is not None and self._speaker.is_alive():
+            self._answers.put(None)
+            self._speaker.join(timeout=30.0)
         if self._worker is not None and self._worker.is_alive():
             while True:
                 try:
@@ -300,17 +330,62 @@ class SpeechNode(Node):
         self.get_logger().info(f"listening to microphone {stream.device}")
 
     def _on_microphone_block(self, block: np.ndarray, frames: int, time_info: object, status: object) -> None:
-        """sounddevice callback (PortAudio thread): block is (frames, 1) float32."""
+        """sounddevice callback (PortAudio thread): block is (frames, 1) float32. Ignored while speaking."""
+        if self._speaking.is_set():
+            self._microphone_segmenter.reset()
+            return
         for utterance in self._microphone_segmenter.push(block[:, 0].copy()):
             self._enqueue(SpeechJob(source="microphone", audio=utterance))
+
+    def _on_feedback(self, msg: PromptFeedback) -> None:
+        """seem_node's answers (and this node's own): prime Whisper with the vocabulary and targets they
+        report, and speak the answers given since this node started."""
+        if msg.vocabulary and not self.settings.initial_prompt:
+            self._recognition_prompt = speech_prompt(msg.vocabulary, msg.track_texts)
+        if self._speaker is not None and Time.from_msg(msg.header.stamp) >= self._started:
+            try:
+                self._answers.put_nowait(msg.message)
+            except queue.Full:
+                self.get_logger().warning(f"not spoken (8 answers wait already): {msg.message!r}")
+
+    def _start_speaker(self) -> None:
+        espeak = shutil.which("espeak-ng")
+        if espeak is None:
+            self.get_logger().warning(
+                "speak_feedback is set but espeak-ng is not installed; answers are not spoken"
+            )
+            return
+        self._speaker = threading.Thread(
+            target=self._speak_answers, args=(espeak,), name="espeak", daemon=True
+        )
+        self._speaker.start()
+
+    def _speak_answers(self, espeak: str) -> None:
+        while (answer := self._answers.get()) is not None:
+            self._speaking.set()
+            try:
+                spoken = subprocess.run(
+                    [espeak, "-v", self.settings.voice, "--", answer], capture_output=True, timeout=60.0
+                )
+                if spoken.returncode != 0:
+                    error = spoken.stderr.decode(errors="replace")[-300:]
+                    self.get_logger().warning(f"espeak-ng failed ({spoken.returncode}): {error}")
+                else:
+                    self.get_logger().info(f"said {answer!r}")
+            except (OSError, subprocess.TimeoutExpired) as error:
+                self.get_logger().warning(f"espeak-ng failed: {type(error).__name__}: {error}")
+            finally:
+                time.sleep(0.3)  # the room's echo
+                self._speaking.clear()
 
     def _transcribe_jobs(self) -> None:
         while (job := self._jobs.get()) is not None:
             try:
+                prompt = self._recognition_prompt
                 if job.path is not None:
-                    transcript = self._transcriber.transcribe_file(Path(job.path))
+                    transcript = self._transcriber.transcribe_file(Path(job.path), prompt)
                 else:
-                    transcript = self._transcriber.transcribe(job.audio)
+                    transcript = self._transcriber.transcribe(job.audio, prompt)
                 self._publish(job, transcript)
             except Exception as error:
                 self.get_logger().error(f"speech from {job.source} failed: {type(error).__name__}: {error}")
@@ -323,6 +398,15 @@ class SpeechNode(Node):
         )
         if reason is not None:
             self.get_logger().info(f"ignored {transcript.text!r} from {job.source} ({reason}; {timing})")
+            if any(character.isalnum() for character in transcript.command):
+                self._feedback_pub.publish(
+                    PromptFeedback(
+                        header=Header(stamp=self.get_clock().now().to_msg()),
+                        prompt=transcript.text,
+                        accepted=False,
+                        message=NOT_UNDERSTOOD,
+                    )
+                )
             return
         self.get_logger().info(f"heard {transcript.text!r} from {job.source} ({timing})")
         self._prompt_pub.publish(String(data=transcript.command))

@@ -7,6 +7,7 @@ from seem_ros.speech.transcriber import (
     Transcriber,
     Transcript,
     bundled_model_dir,
+    normalize_command,
     normalize_text,
     pcm16_to_float32,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Transcript",
     "UtteranceSegmenter",
     "bundled_model_dir",
+    "normalize_command",
     "normalize_text",
     "pcm16_to_float32",
 ]

