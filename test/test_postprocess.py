@@ -148,6 +148,20 @@ def test_stuff_queries_merge_into_one_segment() -> None:
     assert result.panoptic_seg.tolist() == [[1, 1, 1, 1, 2, 2]] * 4
 
 
+def test_panoptic_mask_threshold_is_the_probability_a_pixel_needs() -> None:
+    """One thing query whose mask probability rises left to right: the segment starts where the
+    probability reaches mask_threshold (0.5 by default, the official rule)."""
+    class_logits = torch.tensor([[10.0, -10.0]])
+    probabilities = torch.linspace(0.05, 0.95, 10)
+    mask_logits = torch.logit(probabilities).expand(1, 3, 10).contiguous()
+    for threshold in (0.5, 0.3, 0.7):
+        result = postprocess.panoptic_inference(class_logits, mask_logits, [0], 0.4, 0.5, threshold)
+        covered = result.panoptic_seg[0] == 1
+        assert torch.equal(covered, probabilities >= threshold), threshold
+    default = postprocess.panoptic_inference(class_logits, mask_logits, [0], 0.4, 0.5)
+    assert torch.equal(default.panoptic_seg[0] == 1, mask_logits[0, 0].sigmoid() >= 0.5)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Grounding
 

@@ -53,7 +53,6 @@ _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 
 PANOPTIC_ENCODINGS = ("32SC1", "mono16")
 SEMANTIC_ENCODING = "mono16"
-SEMANTIC_NONE = 65535
 
 MAX_PROMPT_CHARACTERS = 10_000
 # Distortion coefficient counts cv2.projectPoints accepts (plumb_bob has 5, rational_polynomial 8).
@@ -286,7 +285,7 @@ def panoptic_image(result: FrameResult, header: Header, encoding: str = "32SC1")
 
 
 def semantic_image(result: FrameResult, header: Header) -> Image:
-    """Semantic label image, mono16: class id per pixel, 65535 where no class applies."""
+    """Semantic label image, mono16: class id per pixel, 65535 (`SEMANTIC_VOID`) where no class applies."""
     return array_to_image(np.asarray(result.semantic).astype(np.uint16), SEMANTIC_ENCODING, header)
 
 
