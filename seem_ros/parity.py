@@ -7,6 +7,14 @@ holding `case.json` (the official call sequence, its inputs and scalar results) 
 loads the weights strictly, replays every case through this package's own API and compares EVERY stored
 tensor. A stored tensor that no check covers is reported as a failure, never skipped.
 
+Inputs: a tensor the set stores is the input, used as stored. Where the case also describes how it was made
+(an image file, prompt shapes drawn with OpenCV, a ground-truth polygon, a mask image file), the runner
+re-derives it and reports the comparison as an informational cross-check row (`cross-check` tolerance,
+always ok): a drawing library may move a boundary pixel between versions, which says nothing about the
+model. Inputs that the official evaluation computes (the box click, the simulated user's corrective clicks,
+padding) are reproduced and compared exactly, and the stored tensor is still what the next step receives.
+A case may give an input only as a stored tensor; it is then reported as given.
+
 Randomness: spatial flows draw random numbers inside the decoder. The runner seeds the default CPU generator
 with the stored seed right before each decoder call (as the official recorder did) and passes no generator,
 so the draws happen in the official order and are compared like any other tensor.
@@ -61,6 +69,7 @@ FEATURE_ATOL = 1e-4
 FEATURE_RTOL = 1e-4
 LOGIT_ATOL = 1e-3
 THRESHOLD_MARGIN = 1e-5
+CROSS_CHECK = "cross-check (informational)"
 SENTENCE_CHUNK = 256
 
 STAGES = ("backbone", "pixel_decoder", "text", "decoder", "postprocess", "prompt", "rng")
@@ -181,6 +190,38 @@ class _CaseRows:
         """An input used as stored (nothing of ours produces it); every output depending on it is checked."""
         if self.has(name):
             self._add(name, stage, 0.0, "input", True, note)
+
+    def cross_check(self, name: str, stage: str, derived: Tensor, source: str) -> None:
+        """An informational row comparing the stored input `name` with our re-derivation of it from `source`
+        (never a failure: the stored tensor is the input)."""
+        error, _, differing = _compare_exact(derived, self.stored[name])
+        note = f"{differing}; the stored tensor is the input" if differing else "equal to the stored input"
+        row = ParityRow(self.model, self.case, stage, f"{name} <- {source}", error, CROSS_CHECK, True, note)
+        self.rows.append(row)
+
+    def input(
+        self, name: str, stage: str, derived: Tensor | None, source: str, official_computation: bool = False
+    ) -> Tensor:
+        """The input `name`: the stored tensor when the case has one, else `derived`.
+
+        derived: our derivation of it from the case's description (None: the case describes none), made from
+        `source`. official_computation: the derivation reproduces an official computation (a click sampler,
+        padding), so it is compared exactly; otherwise (a re-drawing, a file) it is a cross-check row.
+        Raises ValueError when the case neither stores nor describes the input.
+        """
+        if not self.has(name):
+            if derived is None:
+                raise ValueError(f"case {self.case} stores no {name} and describes none")
+            return derived
+        stored = self.stored[name]
+        if derived is None:
+            self.given(name, stage, "input, used as stored (the case describes no other source)")
+        elif official_computation:
+            self.exact(name, stage, derived.to(stored.dtype), f"from {source}")
+        else:
+            self.given(name, stage, "input, used as stored")
+            self.cross_check(name, stage, derived.to(stored.dtype), source)
+        return stored
 
     def selected_query(self, name: str, actual: Tensor, sample_index: Tensor) -> None:
         """Selected spatial query per prompt, equal up to duplicated spatial queries.
@@ -416,33 +457,11 @@ def _runner_for(kind: str) -> Callable[[_ReferenceSet, dict, _CaseRows], None] |
 # ------------------------------------------------------------------------------------------------ images
 
 
-def _case_image(
-    reference: _ReferenceSet, case: dict, report: _CaseRows, name: str, file: str | None
-) -> Tensor:
-    """The model-input image: the stored uint8 CHW tensor `name` if the case has it (checked against the PNG
-    when one is named), else the case's PNG."""
+def _case_image(report: _CaseRows, reference: _ReferenceSet, name: str, file: str | None) -> Tensor:
+    """The model-input image: the stored uint8 CHW tensor `name` if the case has it (cross-checked against
+    the image file when one is named), else the image file."""
     from_file = reference.image_file(file) if file else None
-    if report.has(name):
-        image = report.stored[name]
-        if from_file is not None:
-            report.exact(name, "backbone", from_file, f"against {file}")
-        else:
-            report.given(name, "backbone", "input image, used as stored")
-        return image
-    if from_file is None:
-        raise ValueError(f"case {report.case} stores no {name} and names no image file")
-    return from_file
-
-
-def _image_png(reference: _ReferenceSet, image: Tensor) -> str | None:
-    """The image file of the set whose pixels equal `image`, if any."""
-    for relative in reference.index.get("images", []):
-        path = f"images/{relative}"
-        if (reference.directory / path).is_file():
-            candidate = reference.image_file(path)
-            if candidate.shape == image.shape and torch.equal(candidate, image):
-                return path
-    return None
+    return report.input(name, "backbone", from_file, file or "")
 
 
 def _plain(name: str) -> str:
@@ -509,7 +528,7 @@ def _input_projections(model: SEEM, padded: Tensor) -> list[Tensor]:
 def _run_panoptic(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
     """Generic segmentation of one image, once per vocabulary stored in the case (a vocabulary switched at
     runtime stores its outputs under an affix, e.g. `vocab2_pred_logits`)."""
-    image = _case_image(reference, case, report, "image_uint8_chw", case.get("image_file"))
+    image = _case_image(report, reference, "image_uint8_chw", case.get("image_file"))
     padded, features = reference.encode(image)
     for prefix, suffix in _vocabulary_variants(report):
 
@@ -839,7 +858,7 @@ def _run_text_embeddings(reference: _ReferenceSet, case: dict, report: _CaseRows
 
 
 def _run_grounding(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
-    image = _case_image(reference, case, report, "image_uint8_chw", case.get("image_file"))
+    image = _case_image(report, reference, "image_uint8_chw", case.get("image_file"))
     padded, features = reference.encode(image)
     _check_features(report, padded, features)
     language = reference.language
@@ -915,32 +934,46 @@ def _raster(case: dict, shapes: list, image_size: tuple[int, int]) -> Tensor:
 def _spatial_prompts(
     reference: _ReferenceSet, case: dict, report: _CaseRows, image_size: tuple[int, int]
 ) -> tuple[Tensor, Tensor]:
-    """The padded (n, H', W') positive and negative masks of a one-round spatial case, from its geometry:
-    demo sketch shapes, or the official evaluation box click."""
-    padded_size = reference.padded_size(image_size)
+    """The padded (n, H', W') positive and negative masks the decoder gets in a one-round spatial case: the
+    stored ones, each checked against what the case describes (demo sketch shapes, drawn again: a
+    cross-check; the official evaluation box click: exact)."""
+    positive = negative = None
+    source, official = "", False
     if "box_xyxy_resized" in case:
         region = prompt_raster.box_region(case["box_xyxy_resized"], image_size)
-        report.exact("box_region_mask", "prompt", region[None])
-        positive = prompt_raster.region_click(region[None])
+        region = report.input("box_region_mask", "prompt", region[None], "box_xyxy_resized", True)
+        positive = prompt_raster.region_click(region.bool())
         negative = torch.zeros_like(positive)
+        source, official = "the official box click", True
     elif "prompt_shapes_original_res" in case:
         shapes = case["prompt_shapes_original_res"]
         positive = _raster(case, shapes["positive"], image_size)
         negative_shapes = shapes.get("negative") or [[] for _ in range(positive.shape[0])]
         negative = _raster(case, negative_shapes, image_size)
-    else:
-        report.given("spatial_query_pos_mask", "prompt", "input: case.json gives no prompt geometry")
-        report.given("spatial_query_neg_mask", "prompt", "input: case.json gives no prompt geometry")
-        return report.stored["spatial_query_pos_mask"][0].bool(), report.stored["spatial_query_neg_mask"][
-            0
-        ].bool()
-    report.exact("prompt_pos_mask", "prompt", positive)
-    report.exact("prompt_neg_mask", "prompt", negative)
-    positive = prompt_raster.pad_prompt_masks(positive, padded_size)
-    negative = prompt_raster.pad_prompt_masks(negative, padded_size)
-    report.exact("spatial_query_pos_mask", "prompt", positive[None])
-    report.exact("spatial_query_neg_mask", "prompt", negative[None])
-    return positive, negative
+        source = "prompt_shapes_original_res, drawn with OpenCV " + cv2.__version__
+    positive = report.input("prompt_pos_mask", "prompt", positive, source, official)
+    negative = report.input("prompt_neg_mask", "prompt", negative, source, official)
+    return _padded_prompt_inputs(reference, report, "", image_size, positive, negative)
+
+
+def _padded_prompt_inputs(
+    reference: _ReferenceSet,
+    report: _CaseRows,
+    prefix: str,
+    image_size: tuple[int, int],
+    positive: Tensor | None,
+    negative: Tensor | None,
+    source: str = "the prompt masks, padded",
+) -> tuple[Tensor, Tensor]:
+    """The decoder's (n, H', W') bool prompt masks `{prefix}spatial_query_{pos,neg}_mask`: stored ones are the
+    input, compared exactly with ours (the (n, h, w) masks padded) where we have them."""
+    padded_size = reference.padded_size(image_size)
+    masks = []
+    for sign, mask in (("pos", positive), ("neg", negative)):
+        ours = None if mask is None else prompt_raster.pad_prompt_masks(mask.bool(), padded_size)[None]
+        used = report.input(f"{prefix}spatial_query_{sign}_mask", "prompt", ours, source, True)
+        masks.append(used[0].bool())
+    return masks[0], masks[1]
 
 
 def _seed(report: _CaseRows, name: str, case: dict) -> int | None:
@@ -992,7 +1025,7 @@ def _check_spatial_round(
 
 
 def _run_spatial(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
-    image = _case_image(reference, case, report, "image_uint8_chw", case.get("image_file"))
+    image = _case_image(report, reference, "image_uint8_chw", case.get("image_file"))
     padded, features = reference.encode(image)
     _check_features(report, padded, features)
     image_size = _hw(image.shape[-2:])
@@ -1042,32 +1075,50 @@ def _round_shapes(case: dict, number: int, sign: str) -> list | None:
     return None
 
 
+def _accumulated_round_shapes(
+    case: dict,
+    number: int,
+    image_size: tuple[int, int],
+    positive: Tensor | None,
+    negative: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The (n, h, w) prompt masks after round `number` adds the shapes case.json gives for it to the masks of
+    the rounds before; (None, None) when case.json describes no positive prompt for it."""
+    added_positive = _round_shapes(case, number, "positive")
+    if added_positive is None:
+        return None, None
+    round_positive = _raster(case, added_positive, image_size)
+    added_negative = _round_shapes(case, number, "negative")
+    round_negative = (
+        _raster(case, added_negative, image_size) if added_negative else torch.zeros_like(round_positive)
+    )
+    if positive is None or negative is None:
+        return round_positive, round_negative
+    return positive | round_positive, negative | round_negative
+
+
+def _cropped(padded: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """(n, H', W') -> (n, h, w): the masks without their bottom/right padding."""
+    return padded[:, : image_size[0], : image_size[1]]
+
+
 def _run_spatial_memory(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
     """Several rounds of one interaction; each round adds its clicks to the masks and passes the previous
     round's selected mask logits, which switches the memory queries on."""
-    image = _case_image(reference, case, report, "image_uint8_chw", case.get("image_file"))
+    image = _case_image(report, reference, "image_uint8_chw", case.get("image_file"))
     padded, features = reference.encode(image)
     _check_features(report, padded, features)
     image_size = _hw(image.shape[-2:])
-    padded_size = reference.padded_size(image_size)
     text = reference.class_embeddings(case["vocabulary"])
     report.close("class_text_embeddings", "text", text)
     positive = negative = previous = None
     for number, prefix in enumerate(_round_prefixes(report), start=1):
-        added_positive = _round_shapes(case, number, "positive")
-        if added_positive is None:
-            raise ValueError(f"case.json gives no positive prompt for round {number}")
-        round_positive = _raster(case, added_positive, image_size)
-        added_negative = _round_shapes(case, number, "negative")
-        round_negative = (
-            _raster(case, added_negative, image_size) if added_negative else torch.zeros_like(round_positive)
+        positive, negative = _accumulated_round_shapes(case, number, image_size, positive, negative)
+        source = f"prompt_shapes_original_res up to round {number}, drawn with OpenCV {cv2.__version__}"
+        positive_padded, negative_padded = _padded_prompt_inputs(
+            reference, report, prefix, image_size, positive, negative, source
         )
-        positive = round_positive if positive is None else positive | round_positive
-        negative = round_negative if negative is None else negative | round_negative
-        positive_padded = prompt_raster.pad_prompt_masks(positive, padded_size)
-        negative_padded = prompt_raster.pad_prompt_masks(negative, padded_size)
-        report.exact(f"{prefix}spatial_query_pos_mask", "prompt", positive_padded[None])
-        report.exact(f"{prefix}spatial_query_neg_mask", "prompt", negative_padded[None])
+        positive, negative = _cropped(positive_padded, image_size), _cropped(negative_padded, image_size)
         if previous is not None:
             report.close(f"{prefix}input_prev_mask", "decoder", previous)
         result = reference.spatial(
@@ -1093,7 +1144,7 @@ def _polygon_mask(polygon: list, size: tuple[int, int]) -> Tensor:
 def _run_interactive_loop(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
     """The official simulated-user loop: a first click at the object's centre, then per round a corrective
     click on the larger error region; the generator is seeded once before the whole loop."""
-    image = _case_image(reference, case, report, "image_uint8_chw", case.get("image_file"))
+    image = _case_image(report, reference, "image_uint8_chw", case.get("image_file"))
     padded, features = reference.encode(image)
     _check_features(report, padded, features)
     image_size = _hw(image.shape[-2:])
@@ -1102,19 +1153,14 @@ def _run_interactive_loop(reference: _ReferenceSet, case: dict, report: _CaseRow
     text = reference.class_embeddings(case["vocabulary"])
     report.close("class_text_embeddings", "text", text)
 
-    gt_original = report.stored["gt_mask_original_res"].bool()
-    if "gt_polygon_original_res" in case:
-        report.exact(
-            "gt_mask_original_res",
-            "prompt",
-            _polygon_mask(case["gt_polygon_original_res"], original_size)[None],
-        )
-    else:
-        report.given("gt_mask_original_res", "prompt", "input: ground truth used as stored")
-    report.given("gt_mask_resized", "prompt", "input: ground truth at model size (dataset mapper resize)")
-    gt = report.stored["gt_mask_resized"].bool()
-    first_click = prompt_raster.region_click(gt)
-    report.exact("initial_rand_shape", "prompt", first_click[:, None])
+    polygon = case.get("gt_polygon_original_res")
+    drawn = None if polygon is None else _polygon_mask(polygon, original_size)[None]
+    source = f"gt_polygon_original_res, filled with OpenCV {cv2.__version__}"
+    gt_original = report.input("gt_mask_original_res", "prompt", drawn, source).bool()
+    gt = report.input("gt_mask_resized", "prompt", None, "").bool()
+    first_click = prompt_raster.region_click(gt)[:, None]
+    first_click = report.input("initial_rand_shape", "prompt", first_click, "the official click", True)
+    first_click = first_click[:, 0].bool()
     gt_padded = prompt_raster.pad_prompt_masks(gt, padded_size)
     positive = prompt_raster.pad_prompt_masks(first_click, padded_size)
     negative = torch.zeros_like(positive)
@@ -1131,8 +1177,10 @@ def _run_interactive_loop(reference: _ReferenceSet, case: dict, report: _CaseRow
             step = prompt_raster.corrective_click(gt_padded, previous[0], positive, negative)
             positive, negative = step.pos_mask, step.neg_mask
             report.close(f"{prefix}input_prev_mask", "decoder", previous)
-        report.exact(f"{prefix}spatial_query_pos_mask", "prompt", positive[None])
-        report.exact(f"{prefix}spatial_query_neg_mask", "prompt", negative[None])
+        clicks = "the official clicks"
+        positive = report.input(f"{prefix}spatial_query_pos_mask", "prompt", positive[None], clicks, True)
+        negative = report.input(f"{prefix}spatial_query_neg_mask", "prompt", negative[None], clicks, True)
+        positive, negative = positive[0].bool(), negative[0].bool()
         result = reference.spatial(
             features, text, None, spatial_masks=(positive, negative), previous_masks=previous
         )
@@ -1149,21 +1197,42 @@ def _run_interactive_loop(reference: _ReferenceSet, case: dict, report: _CaseRow
 # ------------------------------------------------------------------------------------------------ refimg
 
 
+def _referring_mask(
+    reference: _ReferenceSet, case: dict, case_name: str, image_size: tuple[int, int]
+) -> tuple[Tensor | None, str]:
+    """The (1, h, w) referring mask on image A as case.json's `mask_source` describes it, and where it came
+    from: sketch shapes at the original resolution (drawn again), or an image file (in the case folder or the
+    set) holding the mask at image A's size or the sketch layer at the original resolution. (None, "") if
+    case.json has no mask_source."""
+    source = case.get("mask_source")
+    if source is None:
+        return None, ""
+    if not isinstance(source, str):
+        return _raster(case, source, image_size), f"mask_source, drawn with OpenCV {cv2.__version__}"
+    candidates = [reference.directory / case_name / source, reference.directory / source]
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"mask_source {source!r} of case {case_name} is in neither {candidates}")
+    layer = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if layer is None:
+        raise ValueError(f"mask_source {path} is not an image OpenCV can read")
+    if layer.ndim == 3:
+        layer = layer[:, :, 0]
+    if layer.shape == image_size:
+        return torch.from_numpy(layer > 0)[None], f"mask_source {source}"
+    return prompt_raster.canvas_to_mask(layer.astype(np.uint8), image_size)[None], f"mask_source {source}"
+
+
 def _run_referring_image(reference: _ReferenceSet, case: dict, report: _CaseRows) -> None:
     """Referring image: a mask drawn on image A gives prompt tokens (stage 1), which segment image B
     (stage 2, the official math with the prompt-index fix)."""
-    image_a = _case_image(reference, case, report, "image_a_uint8_chw", case.get("image_file"))
-    image_b = report.stored["image_b_uint8_chw"]
-    png_b = _image_png(reference, image_b)
-    if png_b is not None:
-        report.exact("image_b_uint8_chw", "backbone", reference.image_file(png_b), f"against {png_b}")
-    else:
-        report.given("image_b_uint8_chw", "backbone", "input image, used as stored")
+    image_a = _case_image(report, reference, "image_a_uint8_chw", case.get("image_file"))
+    image_b = _case_image(report, reference, "image_b_uint8_chw", case.get("image_b_file"))
     size_a = _hw(image_a.shape[-2:])
     size_b = _hw(image_b.shape[-2:])
 
-    mask = _raster(case, case["mask_source"], size_a)
-    report.exact("refimg_mask", "prompt", mask)
+    mask, source = _referring_mask(reference, case, report.case, size_a)
+    mask = report.input("refimg_mask", "prompt", mask, source).bool()
     padded_mask = prompt_raster.pad_prompt_masks(mask, reference.padded_size(size_a))
     _, features_a = reference.encode(image_a)
     seed_a = _seed(report, "rng_seed_a", case)

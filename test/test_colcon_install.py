@@ -28,6 +28,8 @@ from seem_ros.ros.conversions import array_to_image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 BUILD_TIMEOUT = 1200.0
+INSTALLED_START_TIMEOUT = 300.0
+pytestmark = pytest.mark.timeout(BUILD_TIMEOUT + 2 * INSTALLED_START_TIMEOUT)
 NOT_SOURCES = ("build", "install", "log", ".venv", ".git", "__pycache__", "*.egg-info", "out", ".*cache")
 
 
@@ -117,7 +119,8 @@ def installed_node(
     (spec,) = plan_nodes(arguments, prefix / "share" / "seem_ros")
     executable = prefix / "lib" / "seem_ros" / spec.executable
     assert executable.is_file(), f"colcon installed no {executable}"
-    command = [str(executable), *spec.command()[1:], "-p", "random_weights:=true"]
+    small_vocabulary = ["-p", "random_weights:=true", "-p", "vocabulary:=[cup, table]"]
+    command = [str(executable), *spec.command()[1:], *small_vocabulary]
     environment = {**installed_environment, "SEEM_ROS_CACHE_DIR": str(tmp_path / "cache")}
     yield from cleanly_stopped_node(command, environment, tmp_path / "seem_node.log")
 
@@ -126,7 +129,7 @@ def test_installed_seem_node_publishes_over_dds(
     installed_node: NodeProcess,
     ros_context,  # noqa: F811
 ) -> None:
-    with contextmanager(connected_client)(ros_context, installed_node) as client:
+    with contextmanager(connected_client)(ros_context, installed_node, INSTALLED_START_TIMEOUT) as client:
         rgb = np.zeros((96, 128, 3), dtype=np.uint8)
         rgb[24:72, 32:96] = (200, 40, 40)
         result = client.assert_serves(array_to_image(rgb, "rgb8"))
