@@ -19,14 +19,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
-requirements_hash="$(cat scripts/requirements.txt scripts/speech_requirements.txt setup.py 2>/dev/null | sha256sum | cut -c1-16)"
+requirements_hash="$(cat scripts/requirements.txt scripts/requirements-no-deps.txt scripts/speech_requirements.txt setup.py 2>/dev/null | sha256sum | cut -c1-16)"
 stamp="$venv/.seem_ros_requirements_$requirements_hash"
 if [[ ! -f "$stamp" ]]; then
   echo "setup: installing Python requirements (first run: a few minutes)"
   "${pip[@]}" install -r scripts/requirements.txt
-  # open_clip_torch ships the CLIP BPE vocabulary the offline tokenizer is built from; its own
-  # dependencies (torchvision, ...) are not needed, so they are not installed.
-  "${pip[@]}" install --no-deps open_clip_torch
+  # packages whose own dependencies are not needed (see the file)
+  "${pip[@]}" install --no-deps -r scripts/requirements-no-deps.txt
   if [[ -f scripts/speech_requirements.txt ]]; then
     "${pip[@]}" install -r scripts/speech_requirements.txt
   fi

@@ -155,14 +155,14 @@ class NodeClient:
     def spin_until(self, condition: Callable[[], bool], timeout: float) -> bool:
         return spin_until(self.executor, condition, timeout)
 
-    def wait_for_node(self) -> None:
+    def wait_for_node(self, timeout: float = START_TIMEOUT) -> None:
         """Until the node subscribes to the images and the prompts (or dies, which fails the test)."""
         ready = self.spin_until(
             lambda: (
                 (self.images.get_subscription_count() > 0 and self.prompts.get_subscription_count() > 0)
                 or not self.process.is_running()
             ),
-            START_TIMEOUT,
+            timeout,
         )
         assert ready and self.process.is_running(), f"seem_node did not start:\n{self.process.output()}"
 
@@ -251,12 +251,12 @@ def cleanly_stopped_node(command: list[str], env: dict[str, str], log_path: Path
 
 
 def connected_client(
-    context: rclpy.context.Context, node: NodeProcess, **options: object
+    context: rclpy.context.Context, node: NodeProcess, start_timeout: float = START_TIMEOUT, **options: object
 ) -> Iterator[NodeClient]:
     """Generator for fixtures: a NodeClient that has seen the node come up, closed afterwards."""
     client = NodeClient(context, node, **options)
     try:
-        client.wait_for_node()
+        client.wait_for_node(start_timeout)
         yield client
     finally:
         client.close()

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from seem_ros.cli import main
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
-from seem_ros.model.official_config import build_from_official_config, load_official_config
 from seem_ros.model.seem import SEEM
+from seem_ros.parity.official_config import build_from_official_config, load_official_config
 
 
 def _build(reference: Path) -> SEEM:

@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.visualize import instance_color
 from seem_ros.ros import conversions as conv
 
@@ -207,7 +207,7 @@ def test_empty_instance_has_empty_roi():
 def _frame_result() -> FrameResult:
     instance = _ring_instance()
     panoptic = instance.mask.astype(np.int32) * 4
-    semantic = np.where(instance.mask, 7, conv.SEMANTIC_NONE).astype(np.uint16)
+    semantic = np.where(instance.mask, 7, SEMANTIC_VOID).astype(np.uint16)
     segment = Segment(
         segment_id=4, class_id=7, label="donut", is_thing=True, area=int(instance.mask.sum()), score=0.5
     )

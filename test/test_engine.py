@@ -29,6 +29,7 @@ from seem_ros.engine.prompts import (
     TextPrompt,
 )
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
+from seem_ros.model.postprocess import resize_mask_logits
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -422,6 +423,37 @@ def test_referring_mask_empty_or_of_the_wrong_size(zebras1: np.ndarray) -> None:
 def test_invalid_images(predictor: SeemPredictor, image: np.ndarray) -> None:
     with pytest.raises(ValueError):
         predictor.set_image(image)
+
+
+def test_mask_threshold_is_the_probability_a_pixel_needs(
+    model: SEEM,
+    tokenizer: ClipTokenizer,
+    vocabulary: Vocabulary,
+    predictor: SeemPredictor,
+    coffee: np.ndarray,
+) -> None:
+    """A target's mask is sigmoid(mask logit at the image size) > mask_threshold; the default 0.5 is the
+    official logit > 0, and a higher threshold gives a subset."""
+    default = _predict_on(predictor, coffee, Target(visual=(CUP_CLICK,))).targets[0]
+    encoded = predictor.encoded
+    full = resize_mask_logits(
+        default.mask_logits[None], encoded.padded_size, encoded.image_size, encoded.original_size, "bilinear"
+    )[0]
+    assert np.array_equal(default.mask, (full > 0).numpy())
+    strict = SeemPredictor(
+        model,
+        tokenizer,
+        vocabulary,
+        short_side=SHORT_SIDE,
+        mask_threshold=0.7,
+        vocabulary_cache=predictor.vocabulary_cache,
+    )
+    higher = _predict_on(strict, coffee, Target(visual=(CUP_CLICK,))).targets[0]
+    assert torch.equal(higher.mask_logits, default.mask_logits)
+    assert np.array_equal(higher.mask, (full.sigmoid() > 0.7).numpy())
+    assert higher.mask.sum() < default.mask.sum() and not (higher.mask & ~default.mask).any()
+    with pytest.raises(ValueError, match="mask_threshold"):
+        SeemPredictor(model, tokenizer, vocabulary, mask_threshold=1.0)
 
 
 # -------------------------------------------------------------------------- generic segmentation

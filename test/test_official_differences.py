@@ -18,8 +18,8 @@ from seem_ros.engine import prompt_raster
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.decoder import DecoderOutput
 from seem_ros.model.features import PixelFeatures
-from seem_ros.model.official_config import build_from_official_config, load_official_config
 from seem_ros.model.seem import SEEM
+from seem_ros.parity.official_config import build_from_official_config, load_official_config
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from seem_ros.cli import main
 from seem_ros.model.tokenizer import ClipTokenizer
-from seem_ros.parity import TABLE_COLUMNS, ParityRow, format_table, run_parity
+from seem_ros.parity import CROSS_CHECK, TABLE_COLUMNS, ParityRow, format_table, run_parity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCABULARY_DEPENDENT = (
@@ -129,7 +129,7 @@ def test_cli_fails_on_a_corrupted_tensor(reference_dir: Path, tmp_path: Path, mo
     monkeypatch.setenv("SEEM_ROS_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["parity", str(subset)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "18 rows over 1 cases: 2 FAILED"
+    assert lines[-1] == "20 rows over 1 cases: 2 FAILED"
     failed = [line for line in lines[:-1] if "FAILED" in line]
     assert len(failed) == 2
     assert " pred_smasks " in failed[0] and "1 of 24576 elements outside" in failed[0]
@@ -205,3 +205,82 @@ def test_unresolvable_vocabulary_fails_loudly(
     failed = [row for row in rows if not row.ok]
     assert [row.tensor for row in failed] == ["other_pred_logits"]
     assert "no vocabulary found" in failed[0].note and "other_pred_logits" in failed[0].note
+
+
+def _edit_case(folder: Path, change: Callable[[dict], None]) -> None:
+    case = json.loads((folder / "case.json").read_text())
+    change(case)
+    (folder / "case.json").write_text(json.dumps(case))
+
+
+def _cross_checks(rows: list[ParityRow], name: str) -> list[ParityRow]:
+    return [row for row in rows if row.tensor.startswith(f"{name} <- ") and row.tolerance == CROSS_CHECK]
+
+
+def test_referring_mask_given_as_an_image_file(
+    reference_dir: Path, tmp_path: Path, tokenizer: ClipTokenizer
+) -> None:
+    """mask_source may name an image file (here the set's mask on image A) instead of giving strokes."""
+
+    def name_the_file(directory: Path) -> None:
+        _edit_case(directory / "refimg", lambda case: case.update(mask_source="refimg_mask_image_a.png"))
+
+    rows = run_parity(_subset(reference_dir, tmp_path / "file", ["refimg"], name_the_file), tokenizer)
+    _assert_all_ok(rows, tmp_path / "file")
+    (check,) = _cross_checks(rows, "refimg_mask")
+    assert "refimg_mask_image_a.png" in check.tensor and check.note == "equal to the stored input"
+    given = {row.tensor: row.note for row in rows if row.tolerance == "input"}
+    assert given["image_b_uint8_chw"] == "input, used as stored (the case describes no other source)"
+
+
+def test_stored_polygon_mask_one_pixel_off_is_reported_not_failed(
+    reference_dir: Path, tmp_path: Path, tokenizer: ClipTokenizer
+) -> None:
+    """A ground truth drawn by another OpenCV version (one boundary pixel moved): the stored mask is the
+    input; the re-filled polygon is an informational row that reports the pixel."""
+
+    def move_a_boundary_pixel(directory: Path) -> None:
+        def flip(tensors: dict[str, torch.Tensor]) -> None:
+            mask = tensors["gt_mask_original_res"]
+            row, column = (int(value) for value in mask[0].nonzero()[0])  # the first pixel: on the border
+            mask[0, row, column] = 0
+
+        _edit_tensors(directory / "interactive_official_loop", flip)
+
+    subset = _subset(reference_dir, tmp_path / "pixel", ["interactive_official_loop"], move_a_boundary_pixel)
+    rows = run_parity(subset, tokenizer)
+    _assert_all_ok(rows, subset)
+    (check,) = _cross_checks(rows, "gt_mask_original_res")
+    assert check.ok and check.max_abs_error == 1.0 and check.note.startswith("1 elements differ")
+
+
+def test_inputs_given_only_as_stored_tensors(
+    reference_dir: Path, tmp_path: Path, tokenizer: ClipTokenizer
+) -> None:
+    """A spatial case that does not describe its prompt shapes: the stored prompt masks are its inputs,
+    reported as given. Then one whose click is described a pixel off: reported, not failed."""
+
+    def drop_descriptions(directory: Path) -> None:
+        _edit_case(directory / "spatial_click", lambda case: case.pop("prompt_shapes_original_res"))
+
+    rows = run_parity(
+        _subset(reference_dir, tmp_path / "bare", ["spatial_click"], drop_descriptions), tokenizer
+    )
+    _assert_all_ok(rows, tmp_path / "bare")
+    given = {row.tensor: row.note for row in rows if row.tolerance == "input"}
+    for name in ("prompt_pos_mask", "prompt_neg_mask"):
+        assert given[name] == "input, used as stored (the case describes no other source)"
+    assert not [row for row in rows if row.tolerance == CROSS_CHECK]
+
+    def shift_the_click(directory: Path) -> None:
+        def shift(case: dict) -> None:
+            case["prompt_shapes_original_res"]["positive"][0][0]["x"] += 1
+
+        _edit_case(directory / "spatial_click", shift)
+
+    rows = run_parity(
+        _subset(reference_dir, tmp_path / "shifted", ["spatial_click"], shift_the_click), tokenizer
+    )
+    _assert_all_ok(rows, tmp_path / "shifted")
+    (check,) = _cross_checks(rows, "prompt_pos_mask")
+    assert check.ok and check.note.endswith("the stored tensor is the input")

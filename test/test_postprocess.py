@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from seem_ros.engine import prompt_raster
 from seem_ros.model import postprocess
+from seem_ros.parity import official_clicks
 
 MASK_LOGIT_TOL = {"atol": 1e-4, "rtol": 1e-4}
 SIMILARITY_TOL = {"atol": 1e-3, "rtol": 0.0}
@@ -146,6 +147,20 @@ def test_stuff_queries_merge_into_one_segment() -> None:
         (2, 0, True, [2]),
     ]
     assert result.panoptic_seg.tolist() == [[1, 1, 1, 1, 2, 2]] * 4
+
+
+def test_panoptic_mask_threshold_is_the_probability_a_pixel_needs() -> None:
+    """One thing query whose mask probability rises left to right: the segment starts where the
+    probability reaches mask_threshold (0.5 by default, the official rule)."""
+    class_logits = torch.tensor([[10.0, -10.0]])
+    probabilities = torch.linspace(0.05, 0.95, 10)
+    mask_logits = torch.logit(probabilities).expand(1, 3, 10).contiguous()
+    for threshold in (0.5, 0.3, 0.7):
+        result = postprocess.panoptic_inference(class_logits, mask_logits, [0], 0.4, 0.5, threshold)
+        covered = result.panoptic_seg[0] == 1
+        assert torch.equal(covered, probabilities >= threshold), threshold
+    default = postprocess.panoptic_inference(class_logits, mask_logits, [0], 0.4, 0.5)
+    assert torch.equal(default.panoptic_seg[0] == 1, mask_logits[0, 0].sigmoid() >= 0.5)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -332,9 +347,9 @@ def test_official_box_prompt(reference_dir: Path) -> None:
 def _check_official_box_case(reference_dir: Path, case_name: str) -> None:
     case, tensors = _load(reference_dir, case_name)
     image_size = _hw(case["image_hw"])
-    region = prompt_raster.box_region(case["box_xyxy_resized"], image_size)
+    region = official_clicks.box_region(case["box_xyxy_resized"], image_size)
     _assert_equal_mask(region[None], tensors["box_region_mask"], "box_region_mask")
-    click = prompt_raster.region_click(region[None])
+    click = official_clicks.region_click(region[None])
     _assert_equal_mask(click, tensors["prompt_pos_mask"], "box click")
     centre_y, centre_x = (
         coordinates.float().mean().item() for coordinates in click[0].nonzero(as_tuple=True)
@@ -349,14 +364,14 @@ def test_official_corrective_clicks(reference_dir: Path) -> None:
         case, tensors = _load(reference_dir, case_name)
         padded = _hw(case["padded_hw"])
         gt = tensors["gt_mask_resized"].bool()
-        first_click = prompt_raster.region_click(gt)
+        first_click = official_clicks.region_click(gt)
         _assert_equal_mask(first_click[:, None], tensors["initial_rand_shape"], "initial click")
         pos = prompt_raster.pad_prompt_masks(first_click, padded)
         neg = torch.zeros_like(pos)
         _assert_equal_mask(pos[None], tensors["round1_spatial_query_pos_mask"], "round 1 positive")
         gt_padded = prompt_raster.pad_prompt_masks(gt, padded)
         for round_index in range(2, case["rounds_run"] + 1):
-            step = prompt_raster.corrective_click(
+            step = official_clicks.corrective_click(
                 gt_padded, tensors[f"round{round_index - 1}_prev_mask"][0], pos, neg
             )
             pos, neg = step.pos_mask, step.neg_mask
@@ -373,7 +388,7 @@ def test_corrective_click_stops_at_high_iou() -> None:
     gt[0, 8:24, 8:24] = True
     logits = torch.where(gt[:, ::4, ::4], 10.0, -10.0)
     empty = torch.zeros_like(gt)
-    step = prompt_raster.corrective_click(gt, logits, empty, empty)
+    step = official_clicks.corrective_click(gt, logits, empty, empty)
     assert step.iou.item() >= 0.925
     assert not step.pos_mask.any() and not step.neg_mask.any()
 
@@ -381,5 +396,5 @@ def test_corrective_click_stops_at_high_iou() -> None:
 def test_distance_transform_peaks_at_square_centre() -> None:
     region = torch.zeros(1, 9, 9, dtype=torch.bool)
     region[0, 2:7, 2:7] = True
-    click = prompt_raster.region_click(region)
+    click = official_clicks.region_click(region)
     assert click[0].nonzero().tolist() == [[y, x] for y in (3, 4, 5) for x in (3, 4, 5)]

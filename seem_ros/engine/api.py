@@ -14,49 +14,80 @@ import numpy as np
 
 from seem_ros.engine.prompts import Target, VisualPrompt
 from seem_ros.engine.results import FrameResult
+from seem_ros.engine.settings import check_settings, setting
+from seem_ros.engine.vocabulary_cache import Vocabulary
 
 
 @dataclass(frozen=True)
 class SegmenterConfig:
     """Everything needed to build a segmenter; the node fills it from its ROS parameters.
 
-    preset: name of a model preset (architecture and default vocabulary), e.g. "focalt_v1" or "focalt_tiny".
-    checkpoint: path of a .safetensors / .pt checkpoint; "" = the preset's default file.
-    device: torch device string ("cpu", "cuda", "cuda:1") or "auto" (cuda when available, else cpu).
-    backend: "torch" or "onnx".
-    random_weights: build the model with seeded random weights and no checkpoint (tests, smoke runs).
-    vocabulary: class names for panoptic/semantic segmentation; empty = the preset's default vocabulary.
-    thing_names: the subset of `vocabulary` segmented as countable instances; empty = every name is a thing.
-    score_threshold: minimum class confidence in [0, 1] for a segment or instance to be reported.
-    mask_threshold: probability in (0, 1) above which a pixel belongs to a mask.
-    overlap_threshold: minimum fraction in (0, 1] of a mask that must stay visible after overlaps are
-        resolved for a panoptic segment to be kept.
-    max_instances: most instances reported per image (highest scores first).
-    short_side: model input size: the shorter image side is resized to this many pixels.
-    precision: "fp32", or "fp16" (autocast; CUDA only).
-    panoptic: segment every frame over the vocabulary even while targets are tracked.
-    max_tracks, track_min_score, max_lost_frames: tracking limits (see `seem_ros.engine.tracker.Tracker`).
-    max_image_pixels: larger input images are refused.
+    Each field is declared once here with its default, meaning and allowed values; the node's parameter
+    table, `config/seem.yaml` and the README's table are generated from these declarations. Building a
+    config checks every value (ValueError naming the field).
     """
 
-    preset: str
-    checkpoint: str = ""
-    device: str = "auto"
-    backend: str = "torch"
-    random_weights: bool = False
-    vocabulary: tuple[str, ...] = ()
-    thing_names: tuple[str, ...] = ()
-    score_threshold: float = 0.8
-    mask_threshold: float = 0.5
-    overlap_threshold: float = 0.8
-    max_instances: int = 100
-    short_side: int = 512
-    precision: str = "fp32"
-    panoptic: bool = True
-    max_tracks: int = 8
-    track_min_score: float = 0.3
-    max_lost_frames: int = 30
-    max_image_pixels: int = 16_777_216
+    preset: str = setting(
+        "focalt_v1",
+        "Model preset: architecture and default vocabulary (focalt_v1, focall_v1, samvitb_v1, samvitl_v1, "
+        "focalt_tiny).",
+        pattern=r"[A-Za-z0-9_\-]+",
+    )
+    checkpoint: str = setting("", "Checkpoint file (.safetensors or .pt); empty = the preset's default file.")
+    device: str = setting(
+        "auto",
+        "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
+        pattern=r"auto|cpu|cuda(:\d+)?",
+    )
+    backend: str = setting("torch", "Inference backend.", choices=("torch", "onnx"))
+    random_weights: bool = setting(
+        False, "Use seeded random weights instead of a checkpoint (tests and smoke runs)."
+    )
+    vocabulary: tuple[str, ...] = setting(
+        (), "Class names for panoptic and semantic output; empty = the preset's vocabulary."
+    )
+    thing_names: tuple[str, ...] = setting(
+        (), "Names from vocabulary segmented as countable instances; empty = all of them."
+    )
+    score_threshold: float = setting(
+        0.8, "Minimum confidence of a reported instance or segment.", float_range=(0.0, 0.99)
+    )
+    mask_threshold: float = setting(
+        0.5,
+        "A pixel belongs to a mask when its probability (sigmoid of the mask logit) exceeds this; in "
+        "panoptic output, the probability a pixel needs to count toward its segment.",
+        float_range=(0.01, 0.99),
+    )
+    overlap_threshold: float = setting(
+        0.8,
+        "Fraction of a mask that must stay visible after overlaps are resolved (panoptic).",
+        float_range=(0.01, 1.0),
+    )
+    max_instances: int = setting(100, "Most instances reported per image.", int_range=(1, 1000))
+    short_side: int = setting(
+        512,
+        "Model input: images are resized so their shorter side has this many pixels.",
+        int_range=(64, 2048),
+    )
+    precision: str = setting("fp32", "fp32, or fp16 (autocast, CUDA devices only).", choices=("fp32", "fp16"))
+    panoptic: bool = setting(True, "Segment every frame over the vocabulary, also while targets are tracked.")
+    max_tracks: int = setting(8, "Most targets tracked at once.", int_range=(1, 64))
+    track_min_score: float = setting(
+        0.3,
+        "A target whose mask score is below this on a frame is lost for that frame.",
+        float_range=(0.0, 0.99),
+    )
+    max_lost_frames: int = setting(
+        30, "A target lost for more consecutive frames is dropped.", int_range=(0, 100000)
+    )
+    max_image_pixels: int = setting(
+        16_777_216, "Images with more pixels (width x height) are refused.", int_range=(64, 1 << 28)
+    )
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.vocabulary:
+            Vocabulary.from_names(self.vocabulary, self.thing_names)  # raises ValueError naming what is wrong
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ Semantics chosen where the official v1 code has none:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,9 @@ class SeemPredictor:
         short_side: the model input's shorter side in pixels (the demo uses 512).
         half_precision: run under fp16 autocast (CUDA only).
         panoptic: thresholds of the generic segmentation.
+        mask_threshold: a pixel is in a target's mask when sigmoid(mask logit) > mask_threshold, in (0, 1);
+            in panoptic output a pixel counts toward its segment when its probability reaches it (the
+            official >= 0.5). 0.5 reproduces the official masks.
         click_radius: a click is drawn as a disk of this radius in model-input pixels (the demo's brush).
         vocabulary_cache: where text embeddings are kept; built on the model's encoder by default.
         image_encoder: runs backbone + pixel decoder instead of the model's PyTorch modules (e.g. an
@@ -154,6 +158,7 @@ class SeemPredictor:
         short_side: int = 512,
         half_precision: bool = False,
         panoptic: PanopticSettings | None = None,
+        mask_threshold: float = 0.5,
         click_radius: float = 4.0,
         vocabulary_cache: VocabularyCache | None = None,
         image_encoder: ImageEncoderBackend | None = None,
@@ -171,6 +176,11 @@ class SeemPredictor:
         max_long_side = model.fixed_input_size or max(MAX_LONG_SIDE, 2 * short_side)
         self.transform = ResizeShortestSide(short_side, max_long_side)
         self.panoptic = panoptic or PanopticSettings()
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold is a probability in (0, 1), got {mask_threshold}")
+        self.mask_threshold = mask_threshold
+        # sigmoid(x) > t  <=>  x > log(t / (1 - t)); exactly 0.0 for t = 0.5, so the default is `logit > 0`
+        self._mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))
         self.click_radius = click_radius
         self.vocabulary_cache = vocabulary_cache or VocabularyCache(model.language_encoder)
         self.vocabulary = vocabulary
@@ -441,7 +451,7 @@ class SeemPredictor:
         full = resize_mask_logits(
             mask_logits[None], encoded.padded_size, encoded.image_size, encoded.original_size, "bilinear"
         )[0]
-        mask = (full > 0).cpu().numpy()
+        mask = (full > self._mask_logit_threshold).cpu().numpy()
         for prompt in target.visual:
             if isinstance(prompt, BoxPrompt):
                 outside = np.ones_like(mask)
@@ -450,7 +460,7 @@ class SeemPredictor:
                     int(prompt.x_min) : int(np.floor(prompt.x_max)) + 1,
                 ] = False
                 mask[outside] = False
-        inside = mask_logits > 0
+        inside = mask_logits > self._mask_logit_threshold
         score = float(mask_logits.sigmoid()[inside].mean()) if inside.any() else 0.0
         if not mask.any():
             score = 0.0
@@ -490,6 +500,7 @@ class SeemPredictor:
             self.vocabulary.thing_class_ids,
             self.panoptic.object_mask_threshold,
             self.panoptic.overlap_threshold,
+            self.mask_threshold,
         )
         ids = panoptic.panoptic_seg.cpu().numpy()
         if ids.shape != (height, width):

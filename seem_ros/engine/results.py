@@ -41,11 +41,15 @@ class Segment:
     score: float
 
 
+SEMANTIC_VOID = 65535
+"""The class id of semantic-image pixels that no class applies to (the uint16 maximum)."""
+
+
 @dataclass
 class FrameResult:
     """Everything computed for one image.
 
-    panoptic: (H, W) int32 segment ids, 0 = void. semantic: (H, W) uint16 class ids, 65535 = none.
+    panoptic: (H, W) int32 segment ids, 0 = void. semantic: (H, W) uint16 class ids, SEMANTIC_VOID = none.
     timings: seconds per stage ("preprocess", "backbone", "pixel_decoder", "decoder", "postprocess").
     """
 

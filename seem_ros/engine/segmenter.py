@@ -18,15 +18,13 @@ from seem_ros.engine.api import SegmenterConfig, TrackSummary
 from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt, VisualPrompt
-from seem_ros.engine.results import FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.tracker import Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer
-
-SEMANTIC_VOID = 65535
 
 
 def default_checkpoint_path(preset: str) -> Path:
@@ -310,6 +308,7 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         short_side=config.short_side,
         half_precision=config.precision == "fp16",
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
+        mask_threshold=config.mask_threshold,
         image_encoder=image_encoder,
         decoder_backend=decoder_backend,
     )

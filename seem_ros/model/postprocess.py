@@ -104,13 +104,15 @@ def panoptic_inference(
     thing_class_ids: Collection[int],
     object_mask_threshold: float,
     overlap_threshold: float,
+    mask_threshold: float = 0.5,
 ) -> PanopticResult:
     """Merge query masks into a non-overlapping panoptic id map.
 
     A query is kept when its most likely class is not background and that probability exceeds
     object_mask_threshold (0.8 in the evaluation configs, 0.4 in the demo configs). Each pixel goes to the
     kept query with the largest probability * sigmoid(mask); a kept query becomes a segment only if its
-    won pixels cover at least overlap_threshold of its own (sigmoid >= 0.5) area. Stuff queries of the same
+    won pixels cover at least overlap_threshold of its own (sigmoid >= mask_threshold) area, and keeps only
+    its won pixels whose sigmoid also reaches mask_threshold (0.5 officially). Stuff queries of the same
     class are merged into the first segment of that class.
 
     class_logits: (Q, K+1) float, last column = background. mask_logits: (Q, H, W) float logits at the
@@ -130,7 +132,7 @@ def panoptic_inference(
     winner = (scores[kept_queries].view(-1, 1, 1) * kept_probs).argmax(0)
     kept_range = torch.arange(len(kept_queries), device=mask_logits.device)
     won = winner[None] == kept_range.view(-1, 1, 1)
-    confident = kept_probs >= 0.5
+    confident = kept_probs >= mask_threshold
     assigned = won & confident
     won_area = won.flatten(1).sum(1).tolist()
     confident_area = confident.flatten(1).sum(1).tolist()

@@ -61,7 +61,8 @@ def find_bpe_file() -> Path:
                 return candidate
     raise FileNotFoundError(
         f"the CLIP BPE file {BPE_FILE_NAME} was not found: it ships inside the 'open_clip_torch' package; "
-        "install it with 'pip install --no-deps open_clip_torch', or pass tokenizer_dir= a folder holding "
+        "install it with 'pip install --no-deps -r scripts/requirements-no-deps.txt' (or 'pip install "
+        "--no-deps open_clip_torch'), or pass tokenizer_dir= a folder holding "
         "the openai/clip-vit-base-patch32 tokenizer files (vocab.json, merges.txt)"
     )
 

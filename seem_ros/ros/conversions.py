@@ -51,7 +51,6 @@ _NATIVE_ORDER = "<" if sys.byteorder == "little" else ">"
 
 PANOPTIC_ENCODINGS = ("32SC1", "mono16")
 SEMANTIC_ENCODING = "mono16"
-SEMANTIC_NONE = 65535
 
 # Distortion coefficient counts cv2.projectPoints accepts (plumb_bob has 5, rational_polynomial 8).
 _DISTORTION_LENGTHS = (4, 5, 8, 12, 14)
@@ -281,7 +280,7 @@ def panoptic_image(result: FrameResult, header: Header, encoding: str = "32SC1")
 
 
 def semantic_image(result: FrameResult, header: Header) -> Image:
-    """Semantic label image, mono16: class id per pixel, 65535 where no class applies."""
+    """Semantic label image, mono16: class id per pixel, 65535 (`SEMANTIC_VOID`) where no class applies."""
     return array_to_image(np.asarray(result.semantic).astype(np.uint16), SEMANTIC_ENCODING, header)
 
 

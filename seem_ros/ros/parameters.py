@@ -1,13 +1,22 @@
 """The parameters of seem_node: one table, declared with descriptors and validated once at start.
 
+The engine's settings (model, thresholds, tracking, input size) are declared once, with their defaults,
+descriptions and ranges, on `seem_ros.engine.api.SegmenterConfig`; this table takes them from there and adds
+the node's own parameters (inputs, publishing, diagnostics). `config/seem.yaml` and the README's parameter
+table are generated from the table (`python -m seem_ros.ros.parameters --write` rewrites both; a test checks
+they are current).
+
 All parameters are read-only after start (the model and its vocabulary are built from them); prompts and the
 vocabulary change at run time through topics and services instead.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, fields
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -15,21 +24,21 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.settings import SettingSpec, declared_settings
 
 ParameterValue = bool | int | float | str | list[str]
 
 
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One row of the table. Exactly one of float_range, int_range, choices, pattern may be set."""
+class ParameterSpec(SettingSpec):
+    """One row of a node's parameter table: a `SettingSpec` declared as a read-only ROS parameter."""
 
-    name: str
-    default: ParameterValue
-    description: str
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-    choices: tuple[str, ...] | None = None
-    pattern: str | None = None
+    @classmethod
+    def of(cls, spec: SettingSpec) -> ParameterSpec:
+        """The ROS form of an engine setting (a tuple default becomes a string array)."""
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        return cls(
+            spec.name, default, spec.description, spec.float_range, spec.int_range, spec.choices, spec.pattern
+        )
 
     @property
     def type(self) -> int:
@@ -64,86 +73,13 @@ class ParameterSpec:
             descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=0)]
         return descriptor
 
-    def check(self, value: ParameterValue) -> str | None:
-        """The reason `value` is refused, or None. (Types and ranges are also enforced by rclpy.)"""
-        if self.float_range is not None and not self.float_range[0] <= value <= self.float_range[1]:
-            return f"must be in [{self.float_range[0]}, {self.float_range[1]}]"
-        if self.int_range is not None and not self.int_range[0] <= value <= self.int_range[1]:
-            return f"must be in [{self.int_range[0]}, {self.int_range[1]}]"
-        if self.choices is not None and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}"
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
-            return f"must match {self.pattern}"
-        return None
 
+ENGINE_PARAMETERS: tuple[ParameterSpec, ...] = tuple(
+    ParameterSpec.of(spec) for spec in declared_settings(SegmenterConfig)
+)
+"""The engine's settings (SegmenterConfig), in its field order."""
 
-PARAMETERS: tuple[ParameterSpec, ...] = (
-    # Model
-    ParameterSpec(
-        "preset",
-        "focalt_v1",
-        "Model preset: architecture and default vocabulary (focalt_v1, focall_v1, samvitb_v1, samvitl_v1, "
-        "focalt_tiny).",
-        pattern=r"[A-Za-z0-9_\-]+",
-    ),
-    ParameterSpec(
-        "checkpoint", "", "Checkpoint file (.safetensors or .pt); empty = the preset's default file."
-    ),
-    ParameterSpec(
-        "device",
-        "auto",
-        "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
-        pattern=r"auto|cpu|cuda(:\d+)?",
-    ),
-    ParameterSpec("backend", "torch", "Inference backend.", choices=("torch", "onnx")),
-    ParameterSpec(
-        "random_weights", False, "Use seeded random weights instead of a checkpoint (tests and smoke runs)."
-    ),
-    ParameterSpec(
-        "vocabulary", [], "Class names for panoptic and semantic output; empty = the preset's vocabulary."
-    ),
-    ParameterSpec(
-        "thing_names", [], "Names from vocabulary segmented as countable instances; empty = all of them."
-    ),
-    ParameterSpec(
-        "score_threshold",
-        0.8,
-        "Minimum confidence of a reported instance or segment.",
-        float_range=(0.0, 1.0),
-    ),
-    ParameterSpec(
-        "mask_threshold", 0.5, "Pixel probability above which it is in a mask.", float_range=(0.0, 1.0)
-    ),
-    ParameterSpec(
-        "overlap_threshold",
-        0.8,
-        "Fraction of a mask that must stay visible after overlaps are resolved (panoptic).",
-        float_range=(0.0, 1.0),
-    ),
-    ParameterSpec("max_instances", 100, "Most instances reported per image.", int_range=(1, 1000)),
-    ParameterSpec(
-        "short_side",
-        512,
-        "Model input: images are resized so their shorter side has this many pixels.",
-        int_range=(64, 2048),
-    ),
-    ParameterSpec(
-        "precision", "fp32", "fp32, or fp16 (autocast, CUDA devices only).", choices=("fp32", "fp16")
-    ),
-    ParameterSpec(
-        "panoptic", True, "Segment every frame over the vocabulary, also while targets are tracked."
-    ),
-    # Tracking
-    ParameterSpec("max_tracks", 8, "Most targets tracked at once.", int_range=(1, 64)),
-    ParameterSpec(
-        "track_min_score",
-        0.3,
-        "A target whose mask score is below this on a frame is lost for that frame.",
-        float_range=(0.0, 0.99),
-    ),
-    ParameterSpec(
-        "max_lost_frames", 30, "A target lost for more consecutive frames is dropped.", int_range=(0, 100000)
-    ),
+NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
     # Input
     ParameterSpec(
         "camera_name",
@@ -159,9 +95,6 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         0.0,
         "Most frames processed per second; 0 = as fast as the model runs.",
         float_range=(0.0, 1000.0),
-    ),
-    ParameterSpec(
-        "max_image_pixels", 16_777_216, "Larger images are refused with a log line.", int_range=(64, 1 << 28)
     ),
     ParameterSpec(
         "max_image_age",
@@ -208,31 +141,18 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 )
 
 
+PARAMETERS: tuple[ParameterSpec, ...] = ENGINE_PARAMETERS + NODE_PARAMETERS
+
+
 @dataclass(frozen=True)
 class NodeSettings:
-    """Validated values of every parameter in PARAMETERS (same names)."""
+    """Validated values of every parameter in PARAMETERS: the engine's as a SegmenterConfig, the node's by
+    name (same names as NODE_PARAMETERS)."""
 
-    preset: str
-    checkpoint: str
-    device: str
-    backend: str
-    random_weights: bool
-    vocabulary: tuple[str, ...]
-    thing_names: tuple[str, ...]
-    score_threshold: float
-    mask_threshold: float
-    overlap_threshold: float
-    max_instances: int
-    short_side: int
-    precision: str
-    panoptic: bool
-    max_tracks: int
-    track_min_score: float
-    max_lost_frames: int
+    segmenter: SegmenterConfig
     camera_name: str
     compressed: bool
     max_rate: float
-    max_image_pixels: int
     max_image_age: float
     use_depth: bool
     depth_max_time_difference: float
@@ -246,53 +166,102 @@ class NodeSettings:
     diagnostics_period: float
     error_log_period: float
 
-    def segmenter_config(self) -> SegmenterConfig:
-        return SegmenterConfig(
-            preset=self.preset,
-            checkpoint=self.checkpoint,
-            device=self.device,
-            backend=self.backend,
-            random_weights=self.random_weights,
-            vocabulary=self.vocabulary,
-            thing_names=self.thing_names,
-            score_threshold=self.score_threshold,
-            mask_threshold=self.mask_threshold,
-            overlap_threshold=self.overlap_threshold,
-            max_instances=self.max_instances,
-            short_side=self.short_side,
-            precision=self.precision,
-            panoptic=self.panoptic,
-            max_tracks=self.max_tracks,
-            track_min_score=self.track_min_score,
-            max_lost_frames=self.max_lost_frames,
-            max_image_pixels=self.max_image_pixels,
-        )
-
 
 class ParameterError(ValueError):
     """A parameter value that stops the node from starting; the message names the parameter."""
 
 
-def declare_and_read(node: Node) -> NodeSettings:
-    """Declare every parameter on `node` and return the validated values; raise ParameterError otherwise."""
+def declare_parameters(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, ParameterValue]:
+    """Declare `specs` on `node` (read-only, with descriptors) and return their checked values by name
+    (string arrays as tuples); raise ParameterError naming the first refused one."""
     values: dict[str, ParameterValue] = {}
-    for spec in PARAMETERS:
-        default = (
-            Parameter.Type.STRING_ARRAY if spec.type == ParameterType.PARAMETER_STRING_ARRAY else spec.default
-        )
+    for spec in specs:
+        array = spec.type == ParameterType.PARAMETER_STRING_ARRAY
+        default = Parameter.Type.STRING_ARRAY if array else spec.default
         try:
             value = node.declare_parameter(spec.name, default, spec.descriptor()).value
         except (InvalidParameterTypeException, InvalidParameterValueException) as error:
             raise ParameterError(f"parameter '{spec.name}': {error}. {spec.description}") from error
-        if spec.type == ParameterType.PARAMETER_STRING_ARRAY:
+        if array:
             value = tuple(value or ())
         reason = spec.check(value)
         if reason is not None:
             raise ParameterError(f"parameter '{spec.name}' = {value!r} {reason}. {spec.description}")
         values[spec.name] = value
-    unknown_things = set(values["thing_names"]) - set(values["vocabulary"])
-    if values["vocabulary"] and unknown_things:
-        raise ParameterError(
-            f"parameter 'thing_names' lists {sorted(unknown_things)}, which are not in 'vocabulary'"
-        )
-    return NodeSettings(**{field.name: values[field.name] for field in fields(NodeSettings)})
+    return values
+
+
+def declare_and_read(node: Node) -> NodeSettings:
+    """Declare every parameter on `node` and return the validated values; raise ParameterError otherwise."""
+    values = declare_parameters(node, PARAMETERS)
+    engine = {spec.name: values[spec.name] for spec in ENGINE_PARAMETERS}
+    try:
+        segmenter = SegmenterConfig(**engine)
+    except ValueError as error:
+        raise ParameterError(f"parameters of the segmenter: {error}") from error
+    node_values = {spec.name: values[spec.name] for spec in NODE_PARAMETERS}
+    return NodeSettings(segmenter=segmenter, **node_values)
+
+
+# ------------------------------------------------------------------------------------------------ documents
+
+README_BEGIN = "<!-- parameters -->"
+README_END = "<!-- /parameters -->"
+YAML_HEADER = """\
+# Parameters of seem_node, generated from seem_ros/ros/parameters.py (the engine's settings are declared on
+# seem_ros/engine/api.py:SegmenterConfig): python -m seem_ros.ros.parameters --write
+# All are read at start; change prompts and vocabulary at run time with the prompt topic and services.
+/**:
+  ros__parameters:
+"""
+
+
+def _literal(value: ParameterValue) -> str:
+    """A value as YAML and JSON both write it (strings quoted, booleans lower case, lists in brackets)."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def readme_table(specs: Sequence[ParameterSpec] = PARAMETERS) -> str:
+    """The README's Markdown parameter table (without the markers around it)."""
+    lines = ["| parameter | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{spec.name}` | `{_literal(spec.default)}` | {spec.documentation()} |" for spec in specs]
+    return "\n".join(lines)
+
+
+def seem_yaml() -> str:
+    """config/seem.yaml: every parameter with its default, its documentation as a comment above it."""
+    groups = (("engine (SegmenterConfig)", ENGINE_PARAMETERS), ("node", NODE_PARAMETERS))
+    lines = []
+    for title, specs in groups:
+        lines.append(f"    # --- {title}")
+        for spec in specs:
+            lines += [f"    # {spec.documentation()}", f"    {spec.name}: {_literal(spec.default)}"]
+    return YAML_HEADER + "\n".join(lines) + "\n"
+
+
+def with_readme_table(readme: str) -> str:
+    """`readme` with the text between the parameter markers replaced by `readme_table()`."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"README has no {README_BEGIN} ... {README_END} block to fill")
+    return readme[: begin + len(README_BEGIN)] + "\n" + readme_table() + "\n" + readme[end:]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the generated parameter documents, or rewrite README.md and config/seem.yaml with --write."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--write", action="store_true", help="rewrite README.md and config/seem.yaml")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="the package's source folder")
+    args = parser.parse_args(argv)
+    if not args.write:
+        print(readme_table())
+        print(seem_yaml(), end="")
+        return 0
+    readme = args.root / "README.md"
+    readme.write_text(with_readme_table(readme.read_text(encoding="utf-8")), encoding="utf-8")
+    (args.root / "config" / "seem.yaml").write_text(seem_yaml(), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -345,7 +345,7 @@ class SeemNode(Node):
             self._counters.dropped_stale += 1
             return
         try:
-            limit = self.settings.max_image_pixels
+            limit = self.settings.segmenter.max_image_pixels
             if isinstance(frame, CompressedImage):
                 rgb = compressed_to_rgb(frame, max_pixels=limit)
             else:
@@ -611,7 +611,7 @@ class SeemNode(Node):
 
     def _segment_image(self, request: SegmentImage.Request, response: SegmentImage.Response):
         try:
-            rgb = image_to_rgb(request.image, max_pixels=self.settings.max_image_pixels)
+            rgb = image_to_rgb(request.image, max_pixels=self.settings.segmenter.max_image_pixels)
             with self._segmenter_lock:
                 result = self._segmenter.segment_once(rgb, request.text.strip())
         except ValueError as error:
@@ -697,7 +697,7 @@ def _intrinsics_or_none(info: CameraInfo | None) -> Intrinsics | None:
 def _build_segmenter(settings: NodeSettings) -> FrameSegmenter:
     from seem_ros.engine import build_segmenter
 
-    return build_segmenter(settings.segmenter_config())
+    return build_segmenter(settings.segmenter)
 
 
 def main(args: list[str] | None = None) -> int:

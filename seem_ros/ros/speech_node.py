@@ -37,7 +37,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -47,7 +46,7 @@ from std_msgs.msg import Header, Int16MultiArray, String
 from seem_ros.engine.commands import SPOKEN_EXAMPLES, speech_prompt
 from seem_ros.msg import PromptFeedback
 from seem_ros.ros.node_runner import run_node, sensor_qos
-from seem_ros.ros.parameters import ParameterError, ParameterSpec, ParameterValue
+from seem_ros.ros.parameters import ParameterError, ParameterSpec, declare_parameters
 from seem_ros.speech.transcriber import (
     SAMPLE_RATE,
     Transcriber,
@@ -190,16 +189,7 @@ class SpeechSettings:
 
 def declare_and_read(node: Node) -> SpeechSettings:
     """Declare every parameter on `node` and return the validated values; raise ParameterError otherwise."""
-    values: dict[str, ParameterValue] = {}
-    for spec in PARAMETERS:
-        try:
-            value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
-        except (InvalidParameterTypeException, InvalidParameterValueException) as error:
-            raise ParameterError(f"parameter '{spec.name}': {error}. {spec.description}") from error
-        reason = spec.check(value)
-        if reason is not None:
-            raise ParameterError(f"parameter '{spec.name}' = {value!r} {reason}. {spec.description}")
-        values[spec.name] = value
+    values = declare_parameters(node, PARAMETERS)
     if values["max_utterance_seconds"] <= values["end_silence_seconds"]:
         raise ParameterError(
             f"parameter 'max_utterance_seconds' = {values['max_utterance_seconds']} must exceed "

@@ -1,7 +1,8 @@
 """Build a SEEM model from an official merged config (the YAML dict the official `build_model` takes).
 
 Used for the reference sets in the official format (tiny random-init variants of any width); the released
-models have their own builders in `presets.py`. Only the keys that change the architecture are read.
+models have their own builders in `seem_ros.model.presets`. Only the keys that change the architecture are
+read.
 """
 
 from __future__ import annotations
