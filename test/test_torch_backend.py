@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
-from seem_ros.engine.segmenter import load_model
+from seem_ros.engine.segmenter import build_segmenter, load_model
 from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -109,3 +110,17 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     for row in measured:
         assert set(row["stages"]) == {"preprocess", "image_encoder", "decoder", "postprocess"}
         assert row["frames_per_second"] > 0
+
+
+def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(photo):
+    segmenter = build_segmenter(
+        SegmenterConfig("focalt_tiny", device="cpu", random_weights=True, precision="bf16", short_side=64)
+    )
+    assert isinstance(segmenter.predictor.image_encoder, TorchImageEncoder)
+    assert segmenter.describe()["backend"] == "torch-bf16"
+    result = segmenter.process(photo)
+    assert result.panoptic.shape == photo.shape[:2]
+    with pytest.raises(ValueError, match="set compile too"):
+        SegmenterConfig("focalt_tiny", cuda_graphs=True)
+    with pytest.raises(ValueError, match="apply to the torch backend"):
+        SegmenterConfig("focalt_tiny", backend="onnx", compile=True)

@@ -69,7 +69,21 @@ class SegmenterConfig:
         "Model input: images are resized so their shorter side has this many pixels.",
         int_range=(64, 2048),
     )
-    precision: str = setting("fp32", "fp32, or fp16 (autocast, CUDA devices only).", choices=("fp32", "fp16"))
+    precision: str = setting(
+        "fp32",
+        "fp32, or bf16 / fp16 autocast of the image encoder and decoder (torch backend; fp16 on CUDA only).",
+        choices=("fp32", "bf16", "fp16"),
+    )
+    compile: bool = setting(
+        False,
+        "torch backend: compile the image encoder and decoder with torch.compile (minutes at start for each "
+        "input size and prompt layout, faster frames after).",
+    )
+    cuda_graphs: bool = setting(
+        False,
+        "torch backend on CUDA: replay the compiled image encoder and decoder as CUDA graphs (needs "
+        "compile).",
+    )
     panoptic: bool = setting(True, "Segment every frame over the vocabulary, also while targets are tracked.")
     max_tracks: int = setting(8, "Most targets tracked at once.", int_range=(1, 64))
     track_min_score: float = setting(
@@ -86,6 +100,13 @@ class SegmenterConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.cuda_graphs and not self.compile:
+            raise ValueError("cuda_graphs replays compiled graphs: set compile too")
+        if self.backend != "torch" and (self.compile or self.precision != "fp32"):
+            raise ValueError(
+                f"precision {self.precision!r} and compile apply to the torch backend, not {self.backend!r}: "
+                "use precision 'fp32' and compile false with it"
+            )
         if self.vocabulary:
             Vocabulary.from_names(self.vocabulary, self.thing_names)  # raises ValueError naming what is wrong
 

@@ -16,9 +16,12 @@ import torch
 from seem_ros.cache import default_cache_dir
 from seem_ros.engine.api import SegmenterConfig, TrackSummary
 from seem_ros.engine.image_transform import validate_rgb
+from seem_ros.engine.onnx_backend import ImageEncoderBackend
+from seem_ros.engine.onnx_decoder import DecoderBackend
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt, VisualPrompt
 from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
 from seem_ros.engine.tracker import Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -287,7 +290,13 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
     if config.backend not in ("torch", "onnx"):
         raise ValueError(f"backend {config.backend!r} is not available; use 'torch' or 'onnx'")
     model = load_model(config.preset, config.checkpoint, config.random_weights)
-    image_encoder = decoder_backend = None
+    image_encoder: ImageEncoderBackend | None = None
+    decoder_backend: DecoderBackend | None = None
+    acceleration = TorchAcceleration(config.precision, config.compile, config.cuda_graphs)
+    if config.backend == "torch" and acceleration != TorchAcceleration():
+        acceleration.check_device(device)
+        image_encoder = TorchImageEncoder(model, acceleration)
+        decoder_backend = TorchDecoder(model, acceleration)
     if config.backend == "onnx":
         from seem_ros.engine.onnx_backend import cached_onnx_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder
@@ -306,7 +315,6 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         vocabulary,
         device=device,
         short_side=config.short_side,
-        half_precision=config.precision == "fp16",
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
         mask_threshold=config.mask_threshold,
         image_encoder=image_encoder,
@@ -318,7 +326,8 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         max_lost_frames=config.max_lost_frames,
     )
     weights = "random (meaningless outputs)" if config.random_weights else (config.checkpoint or "default")
-    description = {"model": config.preset, "weights": weights, "backend": config.backend}
+    backend = image_encoder.name if isinstance(image_encoder, TorchImageEncoder) else config.backend
+    description = {"model": config.preset, "weights": weights, "backend": backend}
     return SeemSegmenter(
         predictor,
         tracker,
