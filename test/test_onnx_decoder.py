@@ -3,6 +3,7 @@ sizes, the export cache, and the predictor / segmenter giving the same masks wit
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,7 +23,14 @@ from seem_ros.engine.segmenter import build_segmenter
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
 from seem_ros.model.features import PixelFeatures
-from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS, DecoderGraphKind, export_and_check_decoder
+from seem_ros.model.onnx_decoder_export import (
+    ALL_GRAPH_KINDS,
+    DecoderGraphKind,
+    check_decoder,
+    export_and_check_decoder,
+    export_decoder,
+)
+from seem_ros.model.onnx_export import raise_if_export_differs
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
@@ -348,3 +356,18 @@ def test_full_size_generic_decoder_passes_its_export_check(preset: str, tmp_path
     checks = export_and_check_decoder(model.decoder, DecoderGraphKind(), tmp_path / f"{preset}_generic.onnx")
     assert len(checks) == 2
     assert all(check.worst_relative() <= 1e-3 for check in checks), checks
+
+
+def test_an_export_that_differs_from_the_model_fails_its_check(tiny_model: SEEM, tmp_path: Path) -> None:
+    """The check's redraws (for inputs on the decoder's decision boundary) never let a wrong graph through:
+    a graph exported before a weight changed differs on every draw, and the file is removed."""
+    path = tmp_path / "generic.onnx"
+    decoder = copy.deepcopy(tiny_model.decoder)
+    export_decoder(decoder, DecoderGraphKind(), path)
+    with torch.no_grad():
+        decoder.class_embed.mul_(1.1)
+    checks = check_decoder(decoder, DecoderGraphKind(), path)
+    assert all(check.worst_relative() > 1e-3 for check in checks), checks
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        raise_if_export_differs(path, "generic decoder", checks, 1e-3)
+    assert not path.exists()
