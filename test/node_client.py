@@ -228,6 +228,16 @@ class NodeClient:
         assert self.spin_until(lambda: len(self.statuses) > known, 10.0), "no diagnostics from seem_node"
         return self.counter(name)
 
+    def settled_counter(self, name: str, timeout: float = 30.0) -> int:
+        """A counter's value once two diagnostics messages in a row agree on it: frames published while
+        waiting for a result may still be in the node's queue when the result arrives."""
+        deadline = time.monotonic() + timeout
+        value = self.fresh_counter(name)
+        while (latest := self.fresh_counter(name)) != value:
+            assert time.monotonic() < deadline, f"diagnostics {name} still changing after {timeout} s"
+            value = latest
+        return value
+
     # log
     def log_mark(self) -> int:
         return len(self.process.output())

@@ -275,8 +275,8 @@ def test_auto_device_falls_back_to_cpu(faulty: NodeClient):
 def test_exception_inside_inference_is_logged_counted_and_the_frame_dropped(faulty: NodeClient, coffee):
     good = array_to_image(coffee, "rgb8")
     faulty.assert_serves(good)
+    processed = faulty.settled_counter("frames_processed")
     mark = faulty.log_mark()
-    processed = faulty.fresh_counter("frames_processed")
     failed = faulty.fresh_counter("inference_errors")
     known = len(faulty.instances)
     faulty.publish_until(
