@@ -43,7 +43,7 @@ from seem_ros.speech.transcriber import assemble_model_folder
 
 ESPEAK = shutil.which("espeak-ng")
 SOX = shutil.which("sox")
-PHRASES = ("segment the red cup", "pick up the blue bottle", "highlight the yellow banana")
+PHRASES = ("find the red cup", "pick up the blue bottle", "highlight the yellow banana")
 NODE_START_TIMEOUT = 60.0
 RESULT_TIMEOUT = 30.0
 
@@ -203,12 +203,12 @@ def test_transcriber_hears_spoken_commands(
 
 @needs_speech_synthesis
 def test_transcriber_takes_a_float32_buffer(transcriber: Transcriber, spoken: dict[str, Path]) -> None:
-    audio = pcm16_to_float32(_read_wav(spoken["segment the red cup"]))
+    audio = pcm16_to_float32(_read_wav(spoken["find the red cup"]))
     transcript = transcriber.transcribe(audio)
-    assert normalize_text(transcript.text) == "segment the red cup", transcript
+    assert normalize_text(transcript.text) == "find the red cup", transcript
     assert transcript.audio_seconds == pytest.approx(len(audio) / SAMPLE_RATE)
     with pytest.raises(ValueError, match="float32"):
-        transcriber.transcribe(_read_wav(spoken["segment the red cup"]))
+        transcriber.transcribe(_read_wav(spoken["find the red cup"]))
 
 
 def test_transcriber_rejects_silence(transcriber: Transcriber) -> None:
@@ -278,8 +278,8 @@ def test_speech_node_publishes_spoken_commands_as_prompts(
         assert connected and speech_node.is_running(), f"node not ready:\n{speech_node.output()}"
 
         client.file_pub.publish(String(data=str(tmp_path / "missing.wav")))
-        client.file_pub.publish(String(data=str(spoken["segment the red cup"])))
-        assert client.wait_for_prompts(1) == ["segment the red cup"], speech_node.output()
+        client.file_pub.publish(String(data=str(spoken["find the red cup"])))
+        assert client.wait_for_prompts(1) == ["find the red cup"], speech_node.output()
 
         # An utterance ended by 1 s of silence (the energy rule), then one ended by an empty message.
         bottle = _read_wav(spoken["pick up the blue bottle"])
@@ -288,7 +288,7 @@ def test_speech_node_publishes_spoken_commands_as_prompts(
         )
         client.send_audio(_read_wav(spoken["highlight the yellow banana"]))
         client.audio_pub.publish(Int16MultiArray())
-        expected = ["segment the red cup", "pick up the blue bottle", "highlight the yellow banana"]
+        expected = ["find the red cup", "pick up the blue bottle", "highlight the yellow banana"]
         assert client.wait_for_prompts(3) == expected, speech_node.output()
 
         assert speech_node.is_running()
