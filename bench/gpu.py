@@ -243,7 +243,7 @@ def reference_agreement(
 ) -> list[dict]:
     """Agreement of each variant with eager fp32 on the parity set's tiny model and first image."""
     from seem_ros.model.checkpoint import load_weights, read_checkpoint
-    from seem_ros.model.official_config import build_from_official_config, load_official_config
+    from seem_ros.parity.official_config import build_from_official_config, load_official_config
 
     index = json.loads((directory / "index.json").read_text())
     config = load_official_config(directory / index["config_yaml"])
