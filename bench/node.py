@@ -61,9 +61,10 @@ def _row(preset: str, backend: str, stage: str, values: list[float], **extra: ob
     }
 
 
-def _node_command(preset: str, backend: str, args: argparse.Namespace) -> list[str]:
+def node_command(preset: str, backend: str, args: argparse.Namespace, **parameters: object) -> list[str]:
     """seem_node for one backend: named seem_node_<backend>, in namespace /<backend>, reading
-    /bench/<backend>/image, so that nodes of several backends can run side by side."""
+    /bench/<backend>/image, so that nodes of several backends can run side by side; random weights unless
+    `parameters` (ROS parameters) say otherwise."""
     from seem_ros.launch_logic import LaunchArguments, format_parameter_value, plan_nodes
 
     node = plan_nodes(
@@ -71,25 +72,23 @@ def _node_command(preset: str, backend: str, args: argparse.Namespace) -> list[s
     )[0]
     command = replace(node, name=f"seem_node_{backend}").command(python=sys.executable)
     command += ["-r", f"__ns:=/{backend}"]
-    for name, value in (
-        ("backend", backend),
-        ("random_weights", True),
-        ("checkpoint", "''"),
-        ("short_side", args.short_side),
-        ("vocabulary", NODE_VOCABULARY),
-        ("diagnostics_period", 1.0),
-    ):
+    values = {
+        "backend": backend,
+        "random_weights": True,
+        "checkpoint": "''",
+        "short_side": args.short_side,
+        "vocabulary": NODE_VOCABULARY,
+        "diagnostics_period": 1.0,
+        **parameters,
+    }
+    for name, value in values.items():
         command += ["-p", f"{name}:={format_parameter_value(value)}"]
     return command
 
 
-def _measure_nodes(
-    preset: str, backends: list[str], args: argparse.Namespace, rgb: np.ndarray
-) -> dict[str, dict[str, list[float]]]:
-    """Start one seem_node per backend, all at once; time single frames end to end, alternating between
-    the backends frame by frame (so that a slow spell of the machine hits them alike); then feed each
-    node a 30 Hz stream in turn. Returns, per backend, the lists of `single`, `model`, `stream_latency`
-    and `stream_counts`."""
+def ros_environment() -> dict[str, str]:
+    """The environment of the measuring process and the nodes it starts: a domain of their own, discovery on
+    this machine, the shared-memory profile for 640x480 frames (also set in this process)."""
     environment = {
         **os.environ,
         "ROS_DOMAIN_ID": str(random.SystemRandom().randint(201, 230)),
@@ -102,6 +101,17 @@ def _measure_nodes(
             for key in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE")
         }
     )
+    return environment
+
+
+def _measure_nodes(
+    preset: str, backends: list[str], args: argparse.Namespace, rgb: np.ndarray
+) -> dict[str, dict[str, list[float]]]:
+    """Start one seem_node per backend, all at once; time single frames end to end, alternating between
+    the backends frame by frame (so that a slow spell of the machine hits them alike); then feed each
+    node a 30 Hz stream in turn. Returns, per backend, the lists of `single`, `model`, `stream_latency`
+    and `stream_counts`."""
+    environment = ros_environment()
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -116,7 +126,7 @@ def _measure_nodes(
     }
     processes = {
         backend: subprocess.Popen(
-            _node_command(preset, backend, args), env=environment, stdout=logs[backend], stderr=logs[backend]
+            node_command(preset, backend, args), env=environment, stdout=logs[backend], stderr=logs[backend]
         )
         for backend in backends
     }

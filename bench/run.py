@@ -24,18 +24,20 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from bench.node import run_node_section
-from bench.timing import PEAK_MEMORY_METHOD
+from bench.startup import run_startup_section, startup_table
+from bench.timing import PEAK_MEMORY_METHOD, markdown_table
 from bench.worker import Job
 
 ALL_PRESETS = ("focalt_tiny", "focalt_v1", "focall_v1", "samvitb_v1", "samvitl_v1")
 BACKENDS = ("torch", "onnx")
 SIZE_SWEEP = (256, 384, 480, 512, 640)
 QUICK_SIZE_SWEEP = (256, 512)
-SECTIONS = ("stages", "sizes", "node")
+SECTIONS = ("stages", "sizes", "post", "node", "startup")
 STAGE_COLUMNS = (
     ("preprocess", "prep"),
     ("backbone", "backbone"),
@@ -78,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--from-json", type=Path, nargs="+", help="only print the report of earlier --json files (merged)"
     )
     parser.add_argument("--quick", action="store_true", help="focalt_tiny, then one Focal-T pass (~1 min)")
+    parser.add_argument(
+        "--startup-cache",
+        type=Path,
+        help="startup section: only warm starts, on this cache folder filled by an earlier start",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1 and --warmup >= 0")
@@ -157,17 +164,24 @@ def plan(args: argparse.Namespace) -> list[Job]:
     )
     presets = ["focalt_tiny"] if args.quick else args.presets
     jobs = []
+    measured = {"stages", "sizes"} & set(args.sections)
     for preset in presets:
-        if "onnx" in args.backends:
+        if "onnx" in args.backends and measured:
             jobs.append(replace(base, preset=preset, backend="onnx", task="prepare"))
         if "stages" in args.sections:
             jobs += [replace(base, preset=preset, backend=backend) for backend in args.backends]
+    if "post" in args.sections:
+        jobs += [
+            replace(base, preset=preset, backend=backend, task="post")
+            for preset in presets
+            for backend in args.backends
+        ]
     sweep_preset = size_sweep_preset(presets)
     if "sizes" in args.sections and sweep_preset is not None:
         sides = QUICK_SIZE_SWEEP if args.quick else tuple(args.sizes)
         sweep = replace(base, preset=sweep_preset, task="sizes", short_sides=sides)
         jobs += [replace(sweep, backend=backend) for backend in args.backends]
-    if args.quick:
+    if args.quick and "stages" in args.sections:
         jobs.append(replace(base, preset="focalt_v1", repeats=1, encode_and_generic_only=True))
     return jobs
 
@@ -180,27 +194,35 @@ def _milliseconds(row: dict | None, key: str = "median_s") -> str:
     return f"{1000 * row[key]:.0f}" if row[key] >= 0.1 else f"{1000 * row[key]:.1f}"
 
 
+def job_table(results: list[dict], task: str, header: list[str], cells: Callable[[dict], list[str]]) -> str:
+    """A markdown table with one line per job of `task`: cells(result) when it ran, else why it did not."""
+    rows = []
+    for result in results:
+        job = result["job"]
+        if job["task"] != task:
+            continue
+        if "skipped" in result:
+            rows.append([job["preset"], job["backend"], f"skipped: {result['skipped']}"])
+        else:
+            rows.append(cells(result))
+    return markdown_table(header, rows)
+
+
 def stage_table(results: list[dict], key: str) -> str:
     """Markdown table of one statistic (median_s or p90_s) of the stages section, in milliseconds."""
     header = (
         ["preset", "backend", "input (padded)"] + [title for _, title in STAGE_COLUMNS] + ["peak RSS MiB"]
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for result in results:
+
+    def cells(result: dict) -> list[str]:
         job = result["job"]
-        if job["task"] != "stages":
-            continue
-        if "skipped" in result:
-            lines.append(f"| {job['preset']} | {job['backend']} | skipped: {result['skipped']} |")
-            continue
         rows = {row["stage"]: row for row in result["rows"]}
         first = next(row for row in result["rows"] if "input_size" in row)
         size = "x".join(map(str, first["input_size"])) + " (" + "x".join(map(str, first["padded_size"])) + ")"
-        cells = [job["preset"], job["backend"], size]
-        cells += [_milliseconds(rows.get(stage), key) for stage, _ in STAGE_COLUMNS]
-        cells.append(f"{result['peak_rss_bytes'] / 2**20:.0f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        values = [_milliseconds(rows.get(stage), key) for stage, _ in STAGE_COLUMNS]
+        return [job["preset"], job["backend"], size, *values, f"{result['peak_rss_bytes'] / 2**20:.0f}"]
+
+    return job_table(results, "stages", header, cells)
 
 
 def ratio_table(results: list[dict]) -> str:
@@ -258,6 +280,39 @@ def size_table(results: list[dict]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+POST_COLUMNS = (
+    ("post_generic", "panoptic post"),
+    ("post_results", "results"),
+    ("msg_instances", "instances msg"),
+    ("msg_panoptic", "panoptic img"),
+    ("msg_semantic", "semantic img"),
+    ("msg_overlay", "overlay img"),
+    ("post_and_messages", "post + messages"),
+    ("frame_total", "frame"),
+)
+
+
+def post_table(results: list[dict]) -> str:
+    """Post-processing and message conversion under forced panoptic segments (medians, ms), and their share
+    of the frame."""
+    header = ["preset", "backend", "segments"] + [title for _, title in POST_COLUMNS] + ["share of frame"]
+
+    def cells(result: dict) -> list[str]:
+        job = result["job"]
+        rows = {row["stage"]: row for row in result["rows"]}
+        share = rows["post_and_messages"]["median_s"] / rows["frame_total"]["median_s"]
+        values = [_milliseconds(rows.get(stage)) for stage, _ in POST_COLUMNS]
+        return [
+            job["preset"],
+            job["backend"],
+            str(result["rows"][0]["segments"]),
+            *values,
+            f"{100 * share:.1f} %",
+        ]
+
+    return job_table(results, "post", header, cells)
 
 
 def setup_table(results: list[dict]) -> str:
@@ -326,7 +381,7 @@ def node_table(rows: list[dict], model_alone: dict[tuple[str, str], float]) -> s
     return "\n".join(lines)
 
 
-def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
+def report(machine: dict, results: list[dict], node_rows: list[dict], startup_rows: list[dict]) -> str:
     """The printed report: machine, then one markdown table per section."""
     parts = [
         f"# bench.run, {machine['date']}",
@@ -337,6 +392,7 @@ def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
         "\n## Stages, p90 ms\n\n" + stage_table(results, "p90_s"),
         "\n## ONNX Runtime vs PyTorch eager (same run)\n\n" + ratio_table(results),
         "\n## Input size, median ms\n\n" + size_table(results),
+        "\n## Post-processing under forced panoptic segments, median ms\n\n" + post_table(results),
         "\n## Set-up\n\n" + setup_table(results),
     ]
     if node_rows:
@@ -344,6 +400,8 @@ def report(machine: dict, results: list[dict], node_rows: list[dict]) -> str:
             "\n## Node end to end vs model in node (same run)\n\n"
             + node_table(node_rows, model_alone_frames(results))
         )
+    if startup_rows:
+        parts.append("\n## Start-up of seem_node, seconds\n\n" + startup_table(startup_rows))
     return "\n".join(parts)
 
 
@@ -366,7 +424,12 @@ def _portable_value(value: object) -> object:
 
 
 def write_json(
-    path: Path, machine: dict, args: argparse.Namespace, results: list[dict], node: list[dict]
+    path: Path,
+    machine: dict,
+    args: argparse.Namespace,
+    results: list[dict],
+    node: list[dict],
+    startup: list[dict],
 ) -> None:
     """The results document; paths (arguments, each job's cache_dir) as `portable_path` writes them."""
     arguments = {name: _portable_value(value) for name, value in vars(args).items()}
@@ -374,7 +437,13 @@ def write_json(
         {**result, "job": {**result["job"], "cache_dir": portable_path(result["job"]["cache_dir"])}}
         for result in results
     ]
-    document = {"machine": machine, "arguments": arguments, "results": results, "node": node}
+    document = {
+        "machine": machine,
+        "arguments": arguments,
+        "results": results,
+        "node": node,
+        "startup": startup,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1))
 
@@ -385,20 +454,22 @@ def main(argv: list[str] | None = None) -> None:
         documents = [json.loads(path.read_text()) for path in args.from_json]
         results = [result for document in documents for result in document["results"]]
         node_rows = [row for document in documents for row in document["node"]]
-        print(report(documents[0]["machine"], results, node_rows))
+        startup_rows = [row for document in documents for row in document.get("startup", [])]
+        print(report(documents[0]["machine"], results, node_rows, startup_rows))
         return
     machine = machine_description(args.device)
     results: list[dict] = []
     for job in plan(args):
         results.append(run_worker(job, args.timeout))
         if args.json is not None:
-            write_json(args.json, machine, args, results, [])
+            write_json(args.json, machine, args, results, [], [])
     node_rows = run_node_section(args) if "node" in args.sections else []
+    startup_rows = run_startup_section(args) if "startup" in args.sections else []
     if hasattr(os, "getloadavg"):
         machine["load_average_at_end"] = list(os.getloadavg())
-    print(report(machine, results, node_rows))
+    print(report(machine, results, node_rows, startup_rows))
     if args.json is not None:
-        write_json(args.json, machine, args, results, node_rows)
+        write_json(args.json, machine, args, results, node_rows, startup_rows)
 
 
 if __name__ == "__main__":

@@ -141,8 +141,9 @@ class Bench:
     """The model, tokenizer, vocabulary and image encoder of one job, and the predictors built on them."""
 
     def __init__(self, job: Job) -> None:
+        from seem_ros.engine.segmenter import load_model_and_source
         from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, VocabularyCache
-        from seem_ros.model.presets import build_preset, randomize_weights
+        from seem_ros.engine.weights import WeightsFingerprints
         from seem_ros.model.tokenizer import ClipTokenizer
 
         self.job = job
@@ -150,7 +151,9 @@ class Bench:
         self.device = torch.device(job.device)
         torch.set_num_threads(job.threads)
         start = time.perf_counter()
-        self.model = randomize_weights(build_preset(job.preset), seed=job.seed).eval()
+        # as the node loads random weights: drawn once per (preset, seed), then mapped from their cached file
+        self.model, source = load_model_and_source(job.preset, random_weights=True, seed=job.seed)
+        self.fingerprints = WeightsFingerprints(self.model, source)
         self.build_s = time.perf_counter() - start
         self.tokenizer = ClipTokenizer(cache_dir=self.cache_dir / "tokenizer")
         self.model.language_encoder.tokenizer = self.tokenizer
@@ -159,6 +162,7 @@ class Bench:
             self.model.language_encoder,
             cache_dir=self.cache_dir / "text_embeddings",
             templates=VOCABULARY_TEMPLATES,
+            fingerprint=self.fingerprints.language(),
         )
         self.image_encoder = None
         self.decoder_backend = None
@@ -166,12 +170,14 @@ class Bench:
         self.export_checks: list[dict] = []
 
     def prepare_onnx(self) -> None:
-        """Export (or load from the cache) the image encoder and every decoder graph, as the node's onnx
-        backend uses them; the onnx job then runs both in ONNX Runtime."""
+        """The "prepare" job exports (or finds in the cache) the image encoder and every decoder graph; a
+        measured onnx job then runs both in ONNX Runtime as the node's onnx backend does: the PyTorch image
+        encoder released, each decoder graph loaded when first used (in a discarded warm-up run)."""
         from seem_ros.engine.onnx_backend import (
             OnnxImageEncoder,
             default_providers,
             export_cached_image_encoder,
+            release_torch_image_encoder,
             winograd_suits,
         )
         from seem_ros.engine.onnx_decoder import OnnxDecoder
@@ -179,16 +185,26 @@ class Bench:
 
         start = time.perf_counter()
         path, checks = export_cached_image_encoder(
-            self.model, self.job.preset, self.cache_dir / "onnx", winograd=winograd_suits(default_providers())
+            self.model,
+            self.job.preset,
+            self.cache_dir / "onnx",
+            winograd=winograd_suits(default_providers()),
+            fingerprint=self.fingerprints.image_encoder(),
         )
         decoder = OnnxDecoder(
-            self.model, self.job.preset, cache_dir=self.cache_dir / "onnx", num_threads=self.job.threads
+            self.model,
+            self.job.preset,
+            cache_dir=self.cache_dir / "onnx",
+            num_threads=self.job.threads,
+            fingerprint=self.fingerprints.decoder(),
         )
-        decoder.prepare(ALL_GRAPH_KINDS)
+        if self.job.task == "prepare":
+            decoder.prepare(ALL_GRAPH_KINDS)
         self.export_s = time.perf_counter() - start
         self.export_checks = [asdict(check) for check in checks]
         if self.job.backend == "onnx":
             self.image_encoder = OnnxImageEncoder(path, num_threads=self.job.threads)
+            release_torch_image_encoder(self.model)
             self.decoder_backend = decoder
 
     def predictor(self, short_side: int):
@@ -311,6 +327,108 @@ def run_sizes(bench: Bench, started: float) -> list[dict]:
     return recorder.rows
 
 
+FORCED_SEGMENTS = 30
+"""Object queries forced to a confident class and a compact mask in the "post" job (COCO vocabulary): with
+random weights no query passes the 0.8 class threshold, so post-processing would time an empty frame."""
+
+
+class ForcedSegments:
+    """A decoder backend that runs the real decoder (`decode`), then overwrites the object queries' class
+    logits and mask logits it returns with `count` confident queries of distinct COCO classes, each owning
+    one cell of a Voronoi partition of the image (soft borders), the other queries background.
+
+    Only the decoder's OUTPUT changes: post-processing and message conversion run unchanged on it.
+    """
+
+    name = "forced"
+
+    def __init__(self, decode, count: int, vocabulary_size: int, seed: int = 0) -> None:  # noqa: ANN001
+        self.decode = decode
+        self.count = count
+        self.vocabulary_size = vocabulary_size
+        self.seed = seed
+
+    def supports(self, *args: object, **kwargs: object) -> bool:
+        supports = getattr(self.decode, "supports", None)
+        return True if supports is None else supports(*args, **kwargs)
+
+    def __call__(self, features, class_text_embeddings, **prompts):  # noqa: ANN001, ANN003, ANN204
+        output = self.decode(features, class_text_embeddings, **prompts)
+        final = output.final
+        queries, classes = final.object_logits.shape[1:]
+        height, width = final.object_masks.shape[-2:]
+        count = min(self.count, queries)  # the tiny preset has 11 queries
+        generator = np.random.default_rng(self.seed)
+        logits = np.zeros((queries, classes), dtype=np.float32)
+        logits[:, -1] = 10.0  # background
+        chosen = generator.choice(self.vocabulary_size, size=count, replace=False)
+        logits[:count, -1] = 0.0
+        logits[np.arange(count), chosen] = 10.0
+        rows, columns = np.mgrid[0:height, 0:width].astype(np.float32)
+        centres = generator.uniform((0, 0), (height, width), size=(count, 2)).astype(np.float32)
+        distances = np.sqrt(
+            (rows[None] - centres[:, 0, None, None]) ** 2 + (columns[None] - centres[:, 1, None, None]) ** 2
+        )
+        masks = np.full((queries, height, width), -8.0, dtype=np.float32)
+        masks[:count] = 4.0 - 16.0 * (distances - distances.min(0, keepdims=True))
+        device = final.object_masks.device
+        final.object_logits = torch.from_numpy(logits)[None].to(device)
+        final.object_masks = torch.from_numpy(masks)[None].to(device)
+        return output
+
+
+def run_post(bench: Bench, started: float) -> list[dict]:
+    """Post-processing and message conversion of a frame with `FORCED_SEGMENTS` forced panoptic segments:
+    the predictor's post-processing, the segmenter's results (a mask per segment), and the ROS conversions
+    the node publishes (instances, panoptic, semantic, overlay), against the whole frame."""
+    from std_msgs.msg import Header
+
+    from seem_ros.engine.segmenter import SeemSegmenter
+    from seem_ros.engine.tracker import Tracker
+    from seem_ros.ros.conversions import frame_result_to_msg, overlay_image, panoptic_image, semantic_image
+
+    job = bench.job
+    recorder = Recorder(job)
+    rgb = synthetic_image(*job.image_size, seed=job.seed)
+    predictor = bench.predictor(job.short_sides[0])
+    inner = predictor.decoder_backend if predictor.decoder_backend is not None else predictor.model.decode
+    predictor.decoder_backend = ForcedSegments(inner, FORCED_SEGMENTS, len(bench.vocabulary.names), job.seed)
+    segmenter = SeemSegmenter(predictor, Tracker())
+    header = Header()
+    height, width = job.image_size
+    segments: list[int] = []
+
+    def frame() -> dict[str, float]:
+        start = time.perf_counter()
+        result = segmenter.process(rgb)
+        timings = {"frame_total": time.perf_counter() - start}
+        engine = sum(seconds for stage, seconds in result.timings.items())
+        timings["post_generic"] = result.timings["postprocess"]
+        timings["post_results"] = timings["frame_total"] - engine
+        segments.append(len(result.segments))
+        conversions = {
+            "msg_instances": lambda: frame_result_to_msg(result, header, width, height),
+            "msg_panoptic": lambda: panoptic_image(result, header),
+            "msg_semantic": lambda: semantic_image(result, header),
+            "msg_overlay": lambda: overlay_image(rgb, result, header),
+        }
+        for name, convert in conversions.items():
+            start = time.perf_counter()
+            convert()
+            timings[name] = time.perf_counter() - start
+        timings["post_and_messages"] = sum(
+            seconds for stage, seconds in timings.items() if stage.startswith(("post_", "msg_"))
+        )
+        return timings
+
+    _, warm = _timed(frame, bench.device)
+    repeats = bench.repeats_within_budget(warm, 1, time.perf_counter() - started)
+    stages, _ = _repeat(frame, job, bench.device, repeats)
+    for stage, seconds in stages.items():
+        recorder.add(stage, seconds, segments=int(np.median(segments)), forced_queries=FORCED_SEGMENTS)
+    return recorder.rows
+
+
 def run_job(job: Job) -> dict:
     """Measure one job; returns {"job", "rows", "peak_rss_bytes", "build_s", "export_s", ...}."""
     started = time.perf_counter()
@@ -325,8 +443,10 @@ def run_job(job: Job) -> dict:
         rows = run_stages(bench, started)
     elif job.task == "sizes":
         rows = run_sizes(bench, started)
+    elif job.task == "post":
+        rows = run_post(bench, started)
     elif job.task != "prepare":
-        raise ValueError(f"unknown task {job.task!r}; use prepare, stages or sizes")
+        raise ValueError(f"unknown task {job.task!r}; use prepare, stages, sizes or post")
     return {
         "job": asdict(job),
         "rows": rows,

@@ -9,18 +9,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(1500)  # about three minutes on an idle 2-core machine
 def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
     results_path = tmp_path / "bench.json"
     command = [sys.executable, "-m", "bench.run", "--quick", "--repeats", "1", "--warmup", "0"]
+    command += ["--sections", "stages", "sizes", "node"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--json", str(results_path)]
     completed = subprocess.run(
-        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1400, check=False
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    for title in ("## Stages, median ms", "## Input size", "## Set-up", "## Node end to end"):
+    for title in ("## Stages, median ms", "## Input size", "## Post-processing", "## Set-up", "## Node end"):
         assert title in completed.stdout
 
     document = json.loads(results_path.read_text())
@@ -44,3 +48,34 @@ def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
             assert (backend, stage) in node_rows
         assert node_rows[(backend, "stream 30 Hz latency")]["frames_answered"] > 0
     assert node_rows[("onnx", "node e2e")]["speedup_vs_torch"] > 0
+
+
+@pytest.mark.timeout(1500)  # about two minutes on an idle 2-core machine; four node starts, two of them cold
+def test_quick_post_processing_and_startup_sections(tmp_path: Path):
+    """`post` forces panoptic segments into the decoder output; `startup` starts seem_node cold and warm."""
+    results_path = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--repeats", "1", "--warmup", "0"]
+    command += ["--sections", "post", "startup", "--cache-dir", str(tmp_path / "cache")]
+    command += ["--json", str(results_path)]
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1400, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "## Post-processing under forced panoptic segments" in completed.stdout
+    assert "## Start-up of seem_node" in completed.stdout
+    document = json.loads(results_path.read_text())
+    skipped = [row for row in document["results"] + document["startup"] if "skipped" in row]
+    assert not skipped, skipped
+    post = {
+        result["job"]["backend"]: result for result in document["results"] if result["job"]["task"] == "post"
+    }
+    assert set(post) == {"torch", "onnx"}
+    for result in post.values():
+        stages = {row["stage"] for row in result["rows"]}
+        assert {"post_generic", "post_results", "msg_instances", "frame_total"} <= stages
+        assert result["rows"][0]["segments"] > 0, "forced segments must reach post-processing"
+    startup = {(row["backend"], row["cache"]): row for row in document["startup"]}
+    for backend in ("torch", "onnx"):
+        for cache in ("cold", "warm"):
+            row = startup[(backend, cache)]
+            assert 0 < row["ready_s"] < row["first_result_s"] and "weights" in row["node_startup"]

@@ -398,3 +398,56 @@ def test_distance_transform_peaks_at_square_centre() -> None:
     region[0, 2:7, 2:7] = True
     click = official_clicks.region_click(region)
     assert click[0].nonzero().tolist() == [[y, x] for y in (3, 4, 5) for x in (3, 4, 5)]
+
+
+def _panoptic_per_query(class_logits, mask_logits, thing_class_ids, object_mask_threshold, overlap_threshold):
+    """The official panoptic merge, one full-image pass per kept query (what `panoptic_inference` computed
+    before it visited the pixels once, in chunks of rows): the reference its outputs must equal."""
+    num_classes = class_logits.shape[-1] - 1
+    scores, labels = torch.softmax(class_logits, dim=-1).max(-1)
+    kept = (labels.ne(num_classes) & (scores > object_mask_threshold)).nonzero()[:, 0]
+    panoptic = torch.zeros(mask_logits.shape[-2:], dtype=torch.int32)
+    segments, stuff = [], {}
+    probabilities = mask_logits[kept].sigmoid()
+    winner = (scores[kept].view(-1, 1, 1) * probabilities).argmax(0)
+    for k, query in enumerate(kept.tolist()):
+        won, confident = winner == k, probabilities[k] >= 0.5
+        assigned = won & confident
+        if not (won.sum() and confident.sum() and assigned.sum()):
+            continue
+        if won.sum() / confident.sum() < overlap_threshold:
+            continue
+        category = int(labels[query])
+        if category not in thing_class_ids and category in stuff:
+            segment = stuff[category]
+            segment[1].append(query)
+        else:
+            segment = (len(segments) + 1, [query], category)
+            segments.append(segment)
+            if category not in thing_class_ids:
+                stuff[category] = segment
+        panoptic[assigned] = segment[0]
+    return panoptic, [(segment_id, queries, category) for segment_id, queries, category in segments]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_panoptic_inference_equals_the_per_query_merge(seed: int) -> None:
+    """Many queries, saturated probabilities (ties), stuff merging and overlap rejections, over more rows
+    than one chunk."""
+    generator = torch.Generator().manual_seed(seed)
+    class_logits = torch.randn(16, 9, generator=generator) * 4
+    coarse = torch.randn(16, 1, 6, 4, generator=generator) * 80  # blobs; large logits saturate (ties)
+    size = (3 * postprocess.ROWS_PER_CHUNK + 5, 37)
+    mask_logits = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear")[:, 0] - 40
+    things = [0, 1, 2, 3]
+    result = postprocess.panoptic_inference(class_logits, mask_logits, things, 0.3, 0.4)
+    panoptic, segments = _panoptic_per_query(class_logits, mask_logits, things, 0.3, 0.4)
+    assert result.overlap_rejected_queries
+    assert len(segments) >= 3
+    assert torch.equal(result.panoptic_seg, panoptic)
+    produced = [
+        (segment.segment_id, segment.source_queries, segment.category_id) for segment in result.segments
+    ]
+    assert produced == segments
+    for segment in result.segments:
+        assert segment.area == int((panoptic == segment.segment_id).sum())

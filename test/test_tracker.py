@@ -20,7 +20,7 @@ from seem_ros.engine.prompts import ClickPrompt, MaskPrompt, ReferringImagePromp
 from seem_ros.engine.results import FrameResult
 from seem_ros.engine.segmenter import SeemSegmenter
 from seem_ros.engine.tracker import Tracker, fits_image, interior_point
-from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
+from seem_ros.engine.vocabulary_cache import SentenceEmbeddingCache, Vocabulary, VocabularyCache
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -248,6 +248,7 @@ def test_memory_stays_bounded_over_a_long_stream(
     predictor = segmenter.predictor
     height, width = frames[0].shape[:2]
     cached_vocabularies = len(vocabulary_cache._memory)
+    predictor.sentence_cache.max_sentences = 4
     created = dropped = 0
     segmenter.process(frames[0])
     tensors_before = _live_tensors()
@@ -273,12 +274,14 @@ def test_memory_stays_bounded_over_a_long_stream(
 
         _check_bounded(segmenter, max_tracks)
         assert len(vocabulary_cache._memory) == cached_vocabularies
+        assert len(predictor.sentence_cache) <= 4
         created += sum(event.event == "created" for event in tracker.events)
         dropped += sum(event.event == "dropped" for event in tracker.events)
     assert created >= 50 and dropped >= created - max_tracks
-    # Back to the starting state (no track, no cached reference): no tensor may be left behind.
+    # Back to the starting state (no track, no cached reference or sentence): no tensor may be left behind.
     segmenter.clear_prompts()
     predictor._reference_tokens.clear()
+    predictor.sentence_cache.clear()
     segmenter.process(frames[0])
     assert _live_tensors() <= tensors_before, "tensors pile up"
 
@@ -398,3 +401,41 @@ def test_tracker_arguments() -> None:
         Tracker(max_lost_frames=-1)
     with pytest.raises(ValueError, match="no track"):
         Tracker().refine(7, ClickPrompt(1.0, 1.0))
+
+
+def test_text_target_is_embedded_once(make_segmenter, frames: list[np.ndarray]) -> None:
+    """A tracked text's sentence goes through the text tower when it is given, not on every frame; the
+    cached embedding decodes the same masks as embedding it afresh."""
+    segmenter = make_segmenter(Tracker(max_tracks=2, min_score=0.0))
+    text_tower = segmenter.predictor.model.language_encoder.lang_encoder
+    calls: list[int] = []
+    hook = text_tower.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        segmenter.set_text_prompt("the cyclist")
+        cached = [segmenter.process(frame) for frame in frames[:4]]
+    finally:
+        hook.remove()
+    assert calls == [1], f"text tower calls (batch sizes) over 4 frames: {calls}"
+    assert len(segmenter.predictor.sentence_cache) == 1
+
+    uncached = make_segmenter(Tracker(max_tracks=2, min_score=0.0))
+    uncached.predictor.sentence_cache.max_sentences = 0
+    uncached.set_text_prompt("the cyclist")
+    for frame, result in zip(frames[:4], cached, strict=True):
+        again = uncached.process(frame)
+        assert len(uncached.predictor.sentence_cache) == 0
+        assert np.array_equal(_tracked(again)[1].mask, _tracked(result)[1].mask)
+        assert _tracked(again)[1].score == _tracked(result)[1].score
+
+
+def test_sentence_cache_keeps_the_most_recent_texts(model: SEEM, tokenizer: ClipTokenizer) -> None:
+    cache = SentenceEmbeddingCache(model.language_encoder, tokenizer, max_sentences=2)
+    first = cache.embed(["a cup", "a dog"])
+    assert [item.tokens.shape[0] for item in first] == [4, 4]  # SOT, two words, EOT
+    assert cache.embed(["a cup"])[0] is first[0]
+    cache.embed(["a cat"])  # evicts "a dog", the least recently used
+    assert cache.embed(["a cup"])[0] is first[0]
+    again = cache.embed(["a dog"])[0]
+    assert again is not first[1] and torch.equal(again.sentence, first[1].sentence)
+    with pytest.raises(ValueError, match="max_sentences"):
+        SentenceEmbeddingCache(model.language_encoder, tokenizer, max_sentences=-1)

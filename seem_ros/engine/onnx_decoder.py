@@ -121,6 +121,7 @@ class OnnxDecoder:
         providers: execution providers in order of preference; `default_providers()` by default.
         num_threads: intra-op threads of the CPU provider; None lets ONNX Runtime choose.
         opset: ONNX opset of exported graphs (17 or newer).
+        fingerprint: `decoder_fingerprint(model.decoder)` when already known (hashed when None).
 
     Calls it supports (`supports`): batch 1, grounding tokens without padding. `__call__` returns a
     `DecoderOutput` whose `predictions` holds only the final step (the graph returns no intermediate step).
@@ -136,6 +137,7 @@ class OnnxDecoder:
         providers: Sequence[str] | None = None,
         num_threads: int | None = None,
         opset: int = DEFAULT_OPSET,
+        fingerprint: str | None = None,
     ) -> None:
         self._options = session_options(num_threads)
         self.decoder = model.decoder
@@ -145,7 +147,7 @@ class OnnxDecoder:
         self.requested_providers = checked_providers(providers)
         self.device = buffer_device(self.requested_providers)
         self.paths: dict[DecoderGraphKind, Path] = {}
-        self._fingerprint = decoder_fingerprint(self.decoder)
+        self._fingerprint = fingerprint or decoder_fingerprint(self.decoder)
         self._sessions: dict[DecoderGraphKind, onnxruntime.InferenceSession] = {}
 
     def prepare(self, kinds: Sequence[DecoderGraphKind]) -> None:

@@ -45,7 +45,12 @@ from seem_ros.engine.prompts import (
     ScribblePrompt,
     Target,
 )
-from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary, VocabularyCache
+from seem_ros.engine.vocabulary_cache import (
+    COCO_PANOPTIC,
+    SentenceEmbeddingCache,
+    Vocabulary,
+    VocabularyCache,
+)
 from seem_ros.model.decoder import GroundingTokens
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.postprocess import panoptic_inference, resize_mask_logits
@@ -143,6 +148,7 @@ class SeemPredictor:
             official >= 0.5). 0.5 reproduces the official masks.
         click_radius: a click is drawn as a disk of this radius in model-input pixels (the demo's brush).
         vocabulary_cache: where text embeddings are kept; built on the model's encoder by default.
+            Text prompts are embedded once and kept in `sentence_cache` (least recently used first out).
         image_encoder: runs backbone + pixel decoder instead of the model's PyTorch modules (e.g. an
             `OnnxImageEncoder`); None = the PyTorch modules, timed per stage.
         decoder_backend: runs the decoder instead of `SEEM.decode` for the calls it supports (e.g. an
@@ -183,6 +189,7 @@ class SeemPredictor:
         self._mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))
         self.click_radius = click_radius
         self.vocabulary_cache = vocabulary_cache or VocabularyCache(model.language_encoder)
+        self.sentence_cache = SentenceEmbeddingCache(model.language_encoder, tokenizer)
         self.vocabulary = vocabulary
         self._class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
         self._encoded: EncodedImage | None = None
@@ -362,13 +369,10 @@ class SeemPredictor:
         sentence_embeddings = None
         grounding = None
         if texts:
-            input_ids, attention_mask = self.tokenizer(texts)
-            token_embeddings, sentence_embeddings = self.model.language_encoder.encode_tokens(
-                input_ids.to(self.device), attention_mask.to(self.device)
-            )
+            embedded = self.sentence_cache.embed(texts)
+            sentence_embeddings = torch.stack([embedding.sentence for embedding in embedded])
             if text_ids:
-                rows = [text_index[i] for i in text_ids]
-                tokens = token_embeddings[rows][attention_mask[rows].bool().to(self.device)]
+                tokens = torch.cat([embedded[text_index[i]].tokens for i in text_ids])
                 grounding = GroundingTokens(
                     tokens[:, None], torch.zeros((1, tokens.shape[0]), dtype=torch.bool, device=self.device)
                 )
@@ -505,12 +509,15 @@ class SeemPredictor:
         ids = panoptic.panoptic_seg.cpu().numpy()
         if ids.shape != (height, width):
             ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
-        semantic = np.full((height, width), -1, dtype=np.int32)
+        # segment ids are 1..n (0 = void): one pass over the pixels for all classes and areas
+        class_of_id = np.full(len(panoptic.segments) + 1, -1, dtype=np.int32)
+        for segment in panoptic.segments:
+            class_of_id[segment.segment_id] = segment.category_id
+        semantic = class_of_id[ids]
+        areas = np.bincount(ids.ravel(), minlength=len(class_of_id))
         segments = []
         kept_list = kept.tolist()
         for segment in panoptic.segments:
-            region = ids == segment.segment_id
-            semantic[region] = segment.category_id
             source = [kept_list[q] for q in segment.source_queries]
             segments.append(
                 GenericSegment(
@@ -519,7 +526,7 @@ class SeemPredictor:
                     label=self.vocabulary.names[segment.category_id],
                     is_thing=segment.is_thing,
                     score=float(scores[source].max()),
-                    area=int(region.sum()),
+                    area=int(areas[segment.segment_id]),
                 )
             )
         return GenericResult(ids.astype(np.int32), semantic, segments)

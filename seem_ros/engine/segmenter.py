@@ -7,6 +7,7 @@ panoptic segmentation together. Prompt calls may arrive between frames; they app
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,8 +24,14 @@ from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, 
 from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
 from seem_ros.engine.tracker import Tracker, fits_image
-from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
-from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
+from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary, VocabularyCache
+from seem_ros.engine.weights import (
+    WeightsFingerprints,
+    cached_random_weights,
+    model_from_file,
+    weights_source,
+)
+from seem_ros.model.checkpoint import CheckpointError
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer
@@ -50,20 +57,29 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(preset: str, checkpoint: str = "", random_weights: bool = False, seed: int = 0) -> SEEM:
     """Build a preset and fill it from a checkpoint (strict, safe) or with labelled random weights."""
+    return load_model_and_source(preset, checkpoint, random_weights, seed)[0]
+
+
+def load_model_and_source(
+    preset: str, checkpoint: str = "", random_weights: bool = False, seed: int = 0
+) -> tuple[SEEM, str | None]:
+    """`load_model`, and the `weights_source` of the file the weights were mapped from (a checkpoint, or
+    the cached random weights of (preset, seed)); None when random weights could not be cached."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    model = build_preset(preset)
     if random_weights:
-        return randomize_weights(model, seed)
-    path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(preset)
-    if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {path}. Download {CHECKPOINT_FILES.get(preset, 'a SEEM v1 checkpoint')} "
-            "from the xdecoder/SEEM model repository and put it there (or pass its path), "
-            "or run with random weights to try the pipeline (outputs are meaningless)"
-        )
-    load_weights(model, read_checkpoint(path), preset)
-    return model
+        path = cached_random_weights(preset, seed)
+        if path is None:
+            return randomize_weights(build_preset(preset), seed), None
+    else:
+        path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(preset)
+        if not path.is_file():
+            raise CheckpointError(
+                f"no checkpoint at {path}. Download {CHECKPOINT_FILES.get(preset, 'a SEEM v1 checkpoint')} "
+                "from the xdecoder/SEEM model repository and put it there (or pass its path), "
+                "or run with random weights to try the pipeline (outputs are meaningless)"
+            )
+    return model_from_file(preset, path), weights_source(path, preset)
 
 
 class SeemSegmenter:
@@ -284,12 +300,32 @@ class SeemSegmenter:
         return FrameResult(instances, panoptic, segments, semantic, prediction.timings)
 
 
+class StartupPhases:
+    """Seconds spent in each phase of building a segmenter, for the node's ready line."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = now - self._last
+        self._last = now
+
+    def describe(self) -> str:
+        """E.g. "weights 0.3 s / onnx 1.1 s / tokenizer 0.1 s / vocabulary 0.0 s"."""
+        return " / ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.seconds.items())
+
+
 def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
     """Build the segmenter the node uses from its configuration (raises ValueError / CheckpointError)."""
     device = resolve_device(config.device)
     if config.backend not in ("torch", "onnx"):
         raise ValueError(f"backend {config.backend!r} is not available; use 'torch' or 'onnx'")
-    model = load_model(config.preset, config.checkpoint, config.random_weights)
+    phases = StartupPhases()
+    model, source = load_model_and_source(config.preset, config.checkpoint, config.random_weights)
+    fingerprints = WeightsFingerprints(model, source)
+    phases.done("weights")
     image_encoder: ImageEncoderBackend | None = None
     decoder_backend: DecoderBackend | None = None
     acceleration = TorchAcceleration(config.precision, config.compile, config.cuda_graphs)
@@ -298,25 +334,33 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         image_encoder = TorchImageEncoder(model, acceleration)
         decoder_backend = TorchDecoder(model, acceleration)
     if config.backend == "onnx":
-        from seem_ros.engine.onnx_backend import cached_onnx_image_encoder
+        from seem_ros.engine.onnx_backend import cached_onnx_image_encoder, release_torch_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder
         from seem_ros.model.onnx_decoder_export import DecoderGraphKind
 
-        image_encoder = cached_onnx_image_encoder(model, config.preset)
-        decoder_backend = OnnxDecoder(model, config.preset)
+        image_encoder = cached_onnx_image_encoder(
+            model, config.preset, fingerprint=fingerprints.image_encoder()
+        )
+        release_torch_image_encoder(model)
+        decoder_backend = OnnxDecoder(model, config.preset, fingerprint=fingerprints.decoder())
         # the graph every frame without prompts needs; prompt graphs are exported when first used
         decoder_backend.prepare([DecoderGraphKind()])
+        phases.done("onnx")
     vocabulary = (
         Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else COCO_PANOPTIC
     )
+    tokenizer = ClipTokenizer()
+    phases.done("tokenizer")
+    vocabulary_cache = VocabularyCache(model.language_encoder, fingerprint=fingerprints.language())
     predictor = SeemPredictor(
         model,
-        ClipTokenizer(),
+        tokenizer,
         vocabulary,
         device=device,
         short_side=config.short_side,
         panoptic=PanopticSettings(config.score_threshold, config.overlap_threshold),
         mask_threshold=config.mask_threshold,
+        vocabulary_cache=vocabulary_cache,
         image_encoder=image_encoder,
         decoder_backend=decoder_backend,
     )
@@ -326,8 +370,14 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         max_lost_frames=config.max_lost_frames,
     )
     weights = "random (meaningless outputs)" if config.random_weights else (config.checkpoint or "default")
+    phases.done("vocabulary")
     backend = image_encoder.name if isinstance(image_encoder, TorchImageEncoder) else config.backend
-    description = {"model": config.preset, "weights": weights, "backend": backend}
+    description = {
+        "model": config.preset,
+        "weights": weights,
+        "backend": backend,
+        "startup": phases.describe(),
+    }
     return SeemSegmenter(
         predictor,
         tracker,

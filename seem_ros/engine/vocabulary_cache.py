@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from seem_ros.cache import default_cache_dir
 from seem_ros.model.language import LanguageEncoder
+from seem_ros.model.tokenizer import ClipTokenizer
 from seem_ros.model.vocabulary import (
     BACKGROUND_CLASS,
     COCO_PANOPTIC_CLASSES,
@@ -82,6 +84,8 @@ class VocabularyCache:
 
     cache_dir: where embeddings are stored; None = the user cache (`$SEEM_ROS_CACHE_DIR` or
     `~/.cache/seem_ros`) under `text_embeddings/`; disk caching can be turned off with use_disk=False.
+    fingerprint: `encoder_fingerprint(encoder)` when already known (e.g. remembered for the weights file);
+    None hashes the encoder's weights on first use.
     """
 
     def __init__(
@@ -90,12 +94,13 @@ class VocabularyCache:
         cache_dir: str | Path | None = None,
         use_disk: bool = True,
         templates: Sequence[str] = PROMPT_TEMPLATES,
+        fingerprint: str | None = None,
     ) -> None:
         self.encoder = encoder
         self.templates = tuple(templates)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "text_embeddings"
         self.use_disk = use_disk
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
         self._memory: dict[str, Tensor] = {}
 
     def _key(self, names: Sequence[str]) -> str:
@@ -138,3 +143,66 @@ class VocabularyCache:
             os.replace(temporary, path)
         except OSError:
             return
+
+
+DEFAULT_MAX_SENTENCES = 64
+
+
+@dataclass(frozen=True)
+class SentenceEmbedding:
+    """A text prompt as the decoder reads it. tokens: (n, D) float32 projected embeddings of its n real
+    tokens (SOT to EOT); sentence: (D,) float32 projected EOT embedding (not normalised)."""
+
+    tokens: Tensor
+    sentence: Tensor
+
+
+class SentenceEmbeddingCache:
+    """Text prompts embedded once: a bounded least-recently-used map from text to `SentenceEmbedding`.
+
+    A tracked text target is decoded on every frame; its sentence only changes when the user gives a new
+    one, so the text tower (about 6 GFLOPs for 77 tokens) runs when a text is first seen, not per frame.
+    max_sentences: how many texts are kept (0 embeds every time).
+    """
+
+    def __init__(
+        self, encoder: LanguageEncoder, tokenizer: ClipTokenizer, max_sentences: int = DEFAULT_MAX_SENTENCES
+    ) -> None:
+        if max_sentences < 0:
+            raise ValueError(f"max_sentences must be >= 0, got {max_sentences}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_sentences = max_sentences
+        self._entries: OrderedDict[str, SentenceEmbedding] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every cached embedding."""
+        self._entries.clear()
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str]) -> list[SentenceEmbedding]:
+        """The embeddings of `texts`, in order; texts not cached are embedded in one batch of the tower."""
+        missing = list(dict.fromkeys(text for text in texts if text not in self._entries))
+        fresh: dict[str, SentenceEmbedding] = {}
+        if missing:
+            input_ids, attention_mask = self.tokenizer(missing)
+            device = self.encoder.lang_proj.device
+            token_embeddings, sentence_embeddings = self.encoder.encode_tokens(
+                input_ids.to(device), attention_mask.to(device)
+            )
+            real = attention_mask.bool().to(device)
+            for row, text in enumerate(missing):
+                fresh[text] = SentenceEmbedding(token_embeddings[row][real[row]], sentence_embeddings[row])
+        embeddings = []
+        for text in texts:
+            embedding = fresh[text] if text in fresh else self._entries[text]
+            embeddings.append(embedding)
+            if self.max_sentences > 0:
+                self._entries[text] = embedding
+                self._entries.move_to_end(text)
+        while len(self._entries) > self.max_sentences:
+            self._entries.popitem(last=False)
+        return embeddings

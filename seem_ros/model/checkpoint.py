@@ -118,11 +118,15 @@ def matching_presets(state: Mapping[str, Tensor]) -> list[str]:
 
 
 def load_weights(
-    model: nn.Module, state: Mapping[str, Tensor], preset_name: str = "the chosen model"
+    model: nn.Module, state: Mapping[str, Tensor], preset_name: str = "the chosen model", assign: bool = False
 ) -> None:
     """Copy a state dict into the model, strictly. Raises CheckpointError naming every mismatch and, where
-    the file fits another released preset, that preset."""
-    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    the file fits another released preset, that preset.
+
+    assign: make the state dict's tensors the model's own instead of copying them (a model built on the
+    meta device; memory-mapped tensors then stay mapped). Tensors of another dtype are converted first."""
+    model_state = model.state_dict()
+    shapes = {key: value.shape for key, value in model_state.items()}
     problem = describe_mismatch(shapes, state)
     if problem is not None:
         if not any(key in state for key in SEEM_MARKER_KEYS):
@@ -138,7 +142,12 @@ def load_weights(
         others = matching_presets(state)
         hint = f"; it matches preset {', '.join(others)}: choose that preset" if others else ""
         raise CheckpointError(f"checkpoint does not fit {preset_name}: {problem}{hint}")
-    model.load_state_dict(dict(state), strict=True)
+    if assign:
+        state = {
+            key: value if value.dtype == model_state[key].dtype else value.to(model_state[key].dtype)
+            for key, value in state.items()
+        }
+    model.load_state_dict(dict(state), strict=True, assign=assign)
 
 
 def convert_to_safetensors(source: str | Path, destination: str | Path) -> int:

@@ -30,8 +30,9 @@ def resize_mask_logits(
 
     Bilinear (align_corners=False) up to the padded size (H', W'), crop the image part [:h, :w], then
     resize to output_size: "bicubic" with antialias is the semantic/panoptic/instance/grounding path
-    (the official sem_seg_postprocess), "bilinear" the interactive (spatial) path. The final resize is
-    always performed when output_size is given, even when it equals image_size, as the official code does.
+    (the official sem_seg_postprocess), "bilinear" the interactive (spatial) path. The official code always
+    performs the final resize; to the size it already has, it is the identity (the filter taps fall on
+    the pixels, with weights 1 and exactly 0), so it is skipped then.
 
     mask_logits: (N, H'/4, W'/4) float. padded_size: (H', W'). image_size: (h, w), the unpadded model
     input. output_size: (height, width), or None to stop after the crop.
@@ -42,7 +43,7 @@ def resize_mask_logits(
     height, width = image_size
     upsampled = F.interpolate(mask_logits[None], size=padded_size, mode="bilinear", align_corners=False)
     cropped = upsampled[:, :, :height, :width]
-    if output_size is None:
+    if output_size is None or tuple(output_size) == (height, width):
         return cropped[0]
     if mode == "bicubic":
         resized = F.interpolate(
@@ -128,19 +129,18 @@ def panoptic_inference(
     if kept_queries.numel() == 0:
         return PanopticResult(panoptic_seg, segments, [], [])
 
-    kept_probs = mask_logits[kept_queries].sigmoid()
-    winner = (scores[kept_queries].view(-1, 1, 1) * kept_probs).argmax(0)
-    kept_range = torch.arange(len(kept_queries), device=mask_logits.device)
-    won = winner[None] == kept_range.view(-1, 1, 1)
-    confident = kept_probs >= mask_threshold
-    assigned = won & confident
-    won_area = won.flatten(1).sum(1).tolist()
-    confident_area = confident.flatten(1).sum(1).tolist()
-    assigned_area = assigned.flatten(1).sum(1).tolist()
+    kept_logits = mask_logits if len(kept_queries) == len(mask_logits) else mask_logits[kept_queries]
+    winner, winner_confident, confident_area = _winning_queries(
+        kept_logits, scores[kept_queries], mask_threshold
+    )
+    num_kept = len(kept_queries)
+    won_area = torch.bincount(winner.flatten(), minlength=num_kept).tolist()
+    assigned_area = torch.bincount(winner[winner_confident], minlength=num_kept).tolist()
 
     things = set(thing_class_ids)
     overlap_rejected: list[int] = []
     stuff_segment_of_class: dict[int, PanopticSegment] = {}
+    segment_id_of_kept = [0] * num_kept
     for k, query in enumerate(kept_queries.tolist()):
         if won_area[k] == 0 or confident_area[k] == 0 or assigned_area[k] == 0:
             continue
@@ -158,8 +158,43 @@ def panoptic_inference(
             segments.append(segment)
             if not is_thing:
                 stuff_segment_of_class[category] = segment
-        panoptic_seg[assigned[k]] = segment.segment_id
+        segment_id_of_kept[k] = segment.segment_id
+    segment_ids = torch.tensor(segment_id_of_kept, dtype=torch.int32, device=mask_logits.device)
+    panoptic_seg = torch.where(winner_confident, segment_ids[winner], panoptic_seg)
     return PanopticResult(panoptic_seg, segments, kept_queries.tolist(), overlap_rejected)
+
+
+ROWS_PER_CHUNK = 32
+"""Rows of the (kept queries, H, W) maps processed at once by `_winning_queries`: small enough that a
+chunk's probabilities stay in the CPU cache between the operations that read them."""
+
+
+def _winning_queries(
+    kept_logits: Tensor, kept_scores: Tensor, mask_threshold: float = 0.5
+) -> tuple[Tensor, Tensor, list[int]]:
+    """For every pixel the kept query with the largest score * sigmoid(mask logit) (first one on ties)
+    and whether that query is confident there (sigmoid >= mask_threshold); and each query's confident
+    area.
+
+    kept_logits: (N, H, W) float. kept_scores: (N,) float. Returns winner (H, W) int64, winner_confident
+    (H, W) bool and confident_area (N ints). The pixels are visited in chunks of rows, so that each
+    chunk's probabilities are computed once and read from cache; the values are those of whole-map
+    operations (every operation is per pixel).
+    """
+    num_kept, height, width = kept_logits.shape
+    winner = torch.empty((height, width), dtype=torch.int64, device=kept_logits.device)
+    winner_confident = torch.empty((height, width), dtype=torch.bool, device=kept_logits.device)
+    confident_area = torch.zeros(num_kept, dtype=torch.int64, device=kept_logits.device)
+    weights = kept_scores.view(-1, 1, 1)
+    for top in range(0, height, ROWS_PER_CHUNK):
+        rows = slice(top, top + ROWS_PER_CHUNK)
+        probabilities = kept_logits[:, rows].sigmoid()
+        confident = probabilities >= mask_threshold
+        chunk_winner = (weights * probabilities).max(0).indices
+        winner[rows] = chunk_winner
+        winner_confident[rows] = confident.gather(0, chunk_winner[None])[0]
+        confident_area += confident.flatten(1).sum(1)
+    return winner, winner_confident, confident_area.tolist()
 
 
 @dataclass

@@ -80,8 +80,14 @@ class SEEM(nn.Module):
         self.backbone = backbone
         self.sem_seg_head = SegmentationHead(pixel_decoder, decoder)
         self.criterion = TrainingCriterionState(num_training_classes)
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(3, 1, 1), persistent=False)
+        # Constants, not weights: made on the CPU even when the model is built on the meta device to be
+        # filled from a checkpoint (which does not hold them).
+        self.register_buffer(
+            "pixel_mean", torch.tensor(PIXEL_MEAN, device="cpu").view(3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(PIXEL_STD, device="cpu").view(3, 1, 1), persistent=False
+        )
         self.size_divisibility = size_divisibility
         self.fixed_input_size = fixed_input_size
 
