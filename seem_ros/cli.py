@@ -10,6 +10,8 @@ Subcommands:
   image by its prompts (everything over the vocabulary when there is none).
 - `seem-ros track VIDEO|DIR [prompts as for segment] --out OUT.mp4|DIR [--json OUT.json]`: track the
   prompted targets through a video or an image folder with SEEM's memory prompts.
+- `seem-ros serve [--preset P] [--replicas N] [--host H --token-file F] ...`: serve the model to nodes with
+  `backend: remote` as a Ray Serve application (see `seem_ros.remote`).
 
 Each subcommand is one `_add_<name>` function that declares its arguments and its handler; `SUBCOMMANDS`
 registers them. A handler takes the parsed arguments and returns the exit status.
@@ -249,11 +251,35 @@ def _add_track(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_track_command)
 
 
+def _run_serve_command(args: argparse.Namespace) -> int:
+    from seem_ros.remote.server import run
+
+    try:
+        return run(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from seem_ros.remote.server import add_arguments
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the model to remote nodes on Ray Serve",
+        description="Start (or join with --address) a Ray cluster and deploy SEEM as a Ray Serve application "
+        "that seem_node instances with backend 'remote' send their frames to.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=_run_serve_command)
+
+
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_parity,
     _add_convert,
     _add_segment,
     _add_track,
+    _add_serve,
 )
 
 

@@ -39,7 +39,11 @@ class SegmenterConfig:
         "Torch device: auto (cuda when available, else cpu), cpu, cuda or cuda:N.",
         pattern=r"auto|cpu|cuda(:\d+)?",
     )
-    backend: str = setting("torch", "Inference backend.", choices=("torch", "onnx"))
+    backend: str = setting(
+        "torch",
+        "Inference backend: torch, onnx (ONNX Runtime), or remote (a seem_ros server, see server_url).",
+        choices=("torch", "onnx", "remote"),
+    )
     random_weights: bool = setting(
         False, "Use seeded random weights instead of a checkpoint (tests and smoke runs)."
     )
@@ -93,6 +97,21 @@ class SegmenterConfig:
     )
     max_lost_frames: int = setting(
         30, "A target lost for more consecutive frames is dropped.", int_range=(0, 100000)
+    )
+    server_url: str = setting(
+        "http://127.0.0.1:8000/seem",
+        "backend remote: URL of the seem_ros server (`seem-ros serve`).",
+        pattern=r"https?://\S+",
+    )
+    request_timeout: float = setting(
+        5.0, "backend remote: seconds to wait for the server's answer to a frame.", float_range=(0.1, 600.0)
+    )
+    server_token_file: str = setting(
+        "",
+        "backend remote: file holding the server's shared token; empty = $SEEM_ROS_SERVER_TOKEN (if set).",
+    )
+    remote_image_format: str = setting(
+        "jpeg", "backend remote: how frames travel to the server.", choices=("jpeg", "png", "raw")
     )
     max_image_pixels: int = setting(
         16_777_216, "Images with more pixels (width x height) are refused.", int_range=(64, 1 << 28)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ from seem_ros.model.checkpoint import CheckpointError
 from seem_ros.model.presets import CHECKPOINT_FILES, PRESETS, build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer
+
+if TYPE_CHECKING:
+    from seem_ros.remote.client import RemotePredictor
 
 
 def default_checkpoint_path(preset: str) -> Path:
@@ -92,7 +96,7 @@ class SeemSegmenter:
 
     def __init__(
         self,
-        predictor: SeemPredictor,
+        predictor: SeemPredictor | RemotePredictor,
         tracker: Tracker,
         generic: bool = True,
         max_instances: int = 100,
@@ -319,9 +323,11 @@ class StartupPhases:
 
 def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
     """Build the segmenter the node uses from its configuration (raises ValueError / CheckpointError)."""
+    if config.backend == "remote":
+        return _build_remote_segmenter(config)
     device = resolve_device(config.device)
     if config.backend not in ("torch", "onnx"):
-        raise ValueError(f"backend {config.backend!r} is not available; use 'torch' or 'onnx'")
+        raise ValueError(f"backend {config.backend!r} is not available; use 'torch', 'onnx' or 'remote'")
     phases = StartupPhases()
     model, source = load_model_and_source(config.preset, config.checkpoint, config.random_weights)
     fingerprints = WeightsFingerprints(model, source)
@@ -364,11 +370,6 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         image_encoder=image_encoder,
         decoder_backend=decoder_backend,
     )
-    tracker = Tracker(
-        max_tracks=config.max_tracks,
-        min_score=config.track_min_score,
-        max_lost_frames=config.max_lost_frames,
-    )
     weights = "random (meaningless outputs)" if config.random_weights else (config.checkpoint or "default")
     phases.done("vocabulary")
     backend = image_encoder.name if isinstance(image_encoder, TorchImageEncoder) else config.backend
@@ -378,6 +379,17 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         "backend": backend,
         "startup": phases.describe(),
     }
+    return _segmenter(config, predictor, description)
+
+
+def _segmenter(
+    config: SegmenterConfig, predictor: SeemPredictor | RemotePredictor, description: dict[str, str]
+) -> SeemSegmenter:
+    tracker = Tracker(
+        max_tracks=config.max_tracks,
+        min_score=config.track_min_score,
+        max_lost_frames=config.max_lost_frames,
+    )
     return SeemSegmenter(
         predictor,
         tracker,
@@ -386,3 +398,15 @@ def build_segmenter(config: SegmenterConfig) -> SeemSegmenter:
         description=description,
         max_image_pixels=config.max_image_pixels,
     )
+
+
+def _build_remote_segmenter(config: SegmenterConfig) -> SeemSegmenter:
+    """A segmenter whose model runs on a seem_ros server: tracking and prompts stay here (see
+    `seem_ros.remote.client`); no model is loaded and the server need not be up yet."""
+    from seem_ros.remote.client import RemotePredictor, ServerClient, read_token
+
+    client = ServerClient(config.server_url, config.request_timeout, read_token(config.server_token_file))
+    vocabulary = Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else None
+    predictor = RemotePredictor(client, ClipTokenizer(), vocabulary, config.remote_image_format)
+    description = {"model": "on the server", "backend": "remote", "server": config.server_url}
+    return _segmenter(config, predictor, description)

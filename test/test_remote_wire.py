@@ -1,0 +1,214 @@
+"""The remote wire format: every prompt kind survives the round trip, limits are checked before anything is
+decoded, nothing but our schema is accepted (no pickle), and the client backs off from a dead server."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+import zlib
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import skimage.data
+import torch
+
+from seem_ros.engine.predictor import GenericResult, GenericSegment, Prediction, TargetResult
+from seem_ros.engine.prompts import (
+    BoxPrompt,
+    ClickPrompt,
+    MaskPrompt,
+    ReferringImagePrompt,
+    ScribblePrompt,
+    Target,
+    TextPrompt,
+)
+from seem_ros.engine.vocabulary_cache import Vocabulary
+from seem_ros.remote.client import ServerClient, ServerUnavailable, read_token
+from seem_ros.remote.server_engine import tokens_match
+from seem_ros.remote.wire import (
+    WireError,
+    WireLimits,
+    decode_reply,
+    decode_request,
+    encode_error,
+    encode_reply,
+    encode_request,
+    pack_array,
+)
+
+LIMITS = WireLimits()
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return cv2.resize(skimage.data.coffee(), (160, 120), interpolation=cv2.INTER_AREA)
+
+
+def _mask(shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[20:50, 30:90] = True
+    return mask
+
+
+def test_every_prompt_kind_round_trips(rgb: np.ndarray) -> None:
+    mask = _mask(rgb.shape[:2])
+    targets = [
+        Target(text=TextPrompt("the red cup")),
+        Target(visual=(ClickPrompt(10.5, 20.0), ClickPrompt(3.0, 4.0, positive=False))),
+        Target(visual=(BoxPrompt(1.0, 2.0, 30.0, 40.0),)),
+        Target(visual=(ScribblePrompt(((1.0, 2.0), (5.0, 6.0)), 3.0),)),
+        Target(text=TextPrompt("mug"), visual=(MaskPrompt(mask),)),
+        Target(reference=ReferringImagePrompt(rgb, mask)),
+    ]
+    previous = [
+        None,
+        np.random.default_rng(0).normal(size=(32, 40)).astype(np.float32),
+        None,
+        None,
+        None,
+        None,
+    ]
+    body = encode_request(rgb, targets, previous, True, (("cup", "table"), ("cup",)), "cam0", 12.5, "png")
+    request = decode_request(body, LIMITS)
+    assert np.array_equal(request.rgb, rgb)
+    assert request.generic and request.session == "cam0" and request.stamp == 12.5
+    assert request.vocabulary == (("cup", "table"), ("cup",))
+    for got, want in zip(request.targets, targets, strict=True):
+        assert got.kind == want.kind and got.text == want.text
+    assert request.targets[1].visual == targets[1].visual
+    assert request.targets[2].visual == targets[2].visual
+    assert request.targets[3].visual == targets[3].visual
+    assert np.array_equal(request.targets[4].visual[0].mask, mask)
+    assert np.array_equal(request.targets[5].reference.image, rgb)
+    assert np.array_equal(request.targets[5].reference.mask, mask)
+    assert np.array_equal(request.previous_logits[1], previous[1])
+    assert request.previous_logits[0] is None
+
+
+def test_jpeg_and_raw_frames(rgb: np.ndarray) -> None:
+    raw = decode_request(encode_request(rgb, [], [], False, image_format="raw"), LIMITS)
+    assert np.array_equal(raw.rgb, rgb)
+    jpeg = decode_request(encode_request(rgb, [], [], False, image_format="jpeg"), LIMITS)
+    assert jpeg.rgb.shape == rgb.shape
+    assert np.abs(jpeg.rgb.astype(int) - rgb).mean() < 4
+
+
+def test_reply_round_trips() -> None:
+    mask = _mask((120, 160))
+    logits = torch.randn(30, 40)
+    panoptic = np.zeros((120, 160), np.int32)
+    panoptic[mask] = 1
+    prediction = Prediction(
+        [TargetResult(mask, logits, 0.9, "cup", 3, 0.7)],
+        GenericResult(
+            panoptic, np.where(mask, 3, -1).astype(np.int32), [GenericSegment(1, 3, "cup", True, 0.9, 1800)]
+        ),
+        {"decoder": 0.01},
+    )
+    vocabulary = Vocabulary.from_names(["cup", "wall"], ["cup"])
+    reply = decode_reply(encode_reply(prediction, vocabulary, replica="r1", batch_size=3))
+    (target,) = reply.prediction.targets
+    assert np.array_equal(target.mask, mask) and torch.equal(target.mask_logits, logits)
+    assert (target.score, target.label, target.class_id, target.class_probability) == (0.9, "cup", 3, 0.7)
+    assert np.array_equal(reply.prediction.generic.panoptic, panoptic)
+    assert reply.prediction.generic.segments == prediction.generic.segments
+    assert reply.vocabulary == vocabulary and reply.replica == "r1" and reply.batch_size == 3
+    with pytest.raises(WireError, match="too big") as refused:
+        decode_reply(encode_error("frame too big", "too_large"))
+    assert refused.value.code == "too_large"
+
+
+def _request(rgb: np.ndarray, **changes: object) -> bytes:
+    message = msgpack.unpackb(
+        encode_request(rgb, [Target(text=TextPrompt("cup"))], [None], False, image_format="png")
+    )
+    message.update(changes)
+    return msgpack.packb(message, use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (b"\x00\x01garbage", "bad_request", "MessagePack"),
+        (pickle.dumps({"v": 1}), "bad_request", "MessagePack"),
+        (msgpack.packb([1, 2, 3]), "bad_request", "map"),
+    ],
+)
+def test_garbage_and_pickle_are_refused(body: bytes, code: str, words: str) -> None:
+    with pytest.raises(WireError, match=words) as refused:
+        decode_request(body, LIMITS)
+    assert refused.value.code == code
+
+
+def test_limits_are_checked_before_decoding(rgb: np.ndarray) -> None:
+    small = WireLimits(
+        max_request_bytes=10_000_000, max_image_pixels=160 * 120, max_targets=2, max_text_chars=20
+    )
+    # A PNG header that claims 100000 x 100000 pixels: refused from its header, never decoded.
+    header = (
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100_000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
+    )
+    with pytest.raises(WireError, match="more than the limit") as refused:
+        decode_request(_request(rgb, image={"format": "png", "data": header}), small)
+    assert refused.value.code == "too_large"
+    with pytest.raises(WireError, match="more than"):
+        decode_request(_request(rgb), WireLimits(max_request_bytes=100))
+    with pytest.raises(WireError, match="targets"):
+        decode_request(_request(rgb, targets=[{"text": "a"}] * 3), small)
+    with pytest.raises(WireError, match="at most 20 characters"):
+        decode_request(_request(rgb, targets=[{"text": "x" * 21}]), small)
+    with pytest.raises(WireError, match="wire version"):
+        decode_request(_request(rgb, v=99), LIMITS)
+    with pytest.raises(WireError, match="kind must be"):
+        decode_request(_request(rgb, targets=[{"visual": [{"kind": "lasso"}]}]), LIMITS)
+    with pytest.raises(WireError, match="finite|must be"):
+        decode_request(
+            _request(rgb, targets=[{"visual": [{"kind": "click", "x": float("nan"), "y": 1.0}]}]), LIMITS
+        )
+    with pytest.raises(WireError, match="do not make a 2x2"):
+        decode_request(_request(rgb, image={"format": "raw", "data": b"123", "shape": [2, 2, 3]}), LIMITS)
+
+
+def test_a_compressed_array_cannot_expand_beyond_its_declared_shape(rgb: np.ndarray) -> None:
+    bomb = {"dtype": "float32", "shape": [4, 4], "data": zlib.compress(b"\x00" * 50_000_000)}
+    with pytest.raises(WireError, match="needs 64"):
+        decode_request(_request(rgb, targets=[{"text": "cup", "previous": bomb}]), LIMITS)
+    huge = pack_array(np.zeros((4, 4), np.float32)) | {"shape": [100_000, 100_000]}
+    with pytest.raises(WireError, match="more than the limit"):
+        decode_request(_request(rgb, targets=[{"text": "cup", "previous": huge}]), LIMITS)
+
+
+def test_tokens_are_compared_as_bearer_headers() -> None:
+    assert tokens_match("", None) and tokens_match("", "Bearer anything")
+    assert tokens_match("s3cret", "Bearer s3cret")
+    assert not tokens_match("s3cret", None)
+    assert not tokens_match("s3cret", "Bearer s3cre")
+    assert not tokens_match("s3cret", "s3cret")
+
+
+def test_token_comes_from_a_file_or_the_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SEEM_ROS_SERVER_TOKEN", "from-env")
+    assert read_token("") == "from-env"
+    (tmp_path / "token").write_text("from-file\n")
+    assert read_token(str(tmp_path / "token")) == "from-file"
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_token(str(tmp_path / "missing"))
+
+
+def test_client_backs_off_from_a_server_that_is_not_there() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = ServerClient(f"http://127.0.0.1:{port}/seem", timeout=1.0)
+    with pytest.raises(ServerUnavailable, match="did not answer"):
+        client.post(b"x")
+    began = time.monotonic()
+    with pytest.raises(ServerUnavailable, match="next try in"):
+        client.post(b"x")  # in back-off: refused at once, nothing sent
+    assert time.monotonic() - began < 0.1
+    assert client.failures == 1
+    with pytest.raises(ValueError, match="http"):
+        ServerClient("ftp://example/seem")
