@@ -1,7 +1,8 @@
 """A real local Ray cluster and Serve application (`seem-ros serve`, the tiny reference model, two replicas,
 a shared token), driven by the Python client and by a seem_node with `backend: remote` over DDS: the same
 masks as a local model, stable track ids while frames land on either replica, refusals of unauthenticated,
-garbage and oversized requests while others are served, a killed replica, a stopped and restarted server.
+garbage and oversized requests while others are served, a killed replica, a server stopped and restarted
+with another vocabulary under a running node.
 The cluster is stopped at the end and no Ray process may be left behind."""
 
 from __future__ import annotations
@@ -79,12 +80,12 @@ class Server:
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
         self.starts += 1
         self.log_path = self.log_folder / f"serve{self.starts}.log"
         command = [sys.executable, "-m", "seem_ros.cli", "serve", "--preset", "focalt_tiny"]
         command += ["--checkpoint", self.checkpoint, "--replicas", "2", "--port", str(self.port)]
-        command += ["--cluster-cpus", "4", "--temp-dir", self.session_folder]
+        command += ["--cluster-cpus", "4", "--temp-dir", self.session_folder, *options]
         env = {**os.environ, "SEEM_ROS_SERVER_TOKEN": TOKEN, "RAY_USAGE_STATS_ENABLED": "0"}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -284,8 +285,10 @@ def test_seem_node_with_a_remote_backend_survives_a_server_restart(
     assert remote_client.process.is_running()
     assert "did not answer" in remote_client.log_since(mark) or "unavailable" in remote_client.log_since(mark)
 
-    server.start()
+    assert remote_client.diagnostics()["vocabulary_size"] == "133"  # the server's COCO panoptic names
+    server.start("--vocabulary", "cup,table,floor")  # restarted with another vocabulary
     known = len(remote_client.instances)
     remote_client.publish_until(image, lambda: len(remote_client.instances) > known)
     newest = remote_client.instances[-1]
     assert sorted(i.track_id for i in newest.instances if i.track_id) == track_ids
+    assert remote_client.spin_until(lambda: remote_client.diagnostics().get("vocabulary_size") == "3", 10.0)

@@ -7,6 +7,7 @@ import pickle
 import socket
 import time
 import zlib
+from pathlib import Path
 
 import cv2
 import msgpack
@@ -212,3 +213,18 @@ def test_client_backs_off_from_a_server_that_is_not_there() -> None:
     assert client.failures == 1
     with pytest.raises(ValueError, match="http"):
         ServerClient("ftp://example/seem")
+
+
+def test_the_shipped_serve_config_builds_the_application() -> None:
+    """config/serve.yaml is what `serve run` / `serve deploy` read: its args build the application."""
+    import yaml
+
+    from seem_ros.remote.service import app_builder
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "serve.yaml").read_text())
+    assert config["http_options"]["host"] == "127.0.0.1"
+    (application,) = config["applications"]
+    assert application["import_path"] == "seem_ros.remote.service:app_builder"
+    assert app_builder(application["args"]) is not None
+    with pytest.raises(ValueError, match="preset"):
+        app_builder({**application["args"], "preset": "no such preset!"})
