@@ -228,3 +228,18 @@ def test_the_shipped_serve_config_builds_the_application() -> None:
     assert app_builder(application["args"]) is not None
     with pytest.raises(ValueError, match="preset"):
         app_builder({**application["args"], "preset": "no such preset!"})
+
+
+def test_a_request_that_times_out_is_counted_and_not_retried_at_once() -> None:
+    """A server that accepts the connection and never answers: the request ends after `timeout`."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = ServerClient(f"http://127.0.0.1:{silent.getsockname()[1]}/seem", timeout=0.5)
+        began = time.monotonic()
+        with pytest.raises(ServerUnavailable, match="did not answer"):
+            client.post(b"frame")
+        assert 0.4 < time.monotonic() - began < 5.0
+        assert client.failures == 1
+        with pytest.raises(ServerUnavailable, match="next try in"):
+            client.post(b"newer frame")
