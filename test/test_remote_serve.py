@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+import torch
 from node_client import (  # noqa: F401 (module_ros_context is a fixture)
     NodeClient,
     cleanly_stopped_node,
@@ -171,15 +172,22 @@ def test_remote_tracks_like_a_local_model_across_replicas(
     for segmenter in (remote, local):
         segmenter.add_click(160, 120, True)
         segmenter.set_text_prompt("the cup")
-    for index in range(6):
-        shifted = np.roll(frame, 4 * index, axis=1)
-        got, want = remote.process(shifted), local.process(shifted)
-        replicas.add(remote.predictor.last_replica)
-        assert [i.track_id for i in got.instances] == [i.track_id for i in want.instances]
-        for mine, theirs in zip(got.instances, want.instances, strict=True):
-            assert np.array_equal(mine.mask, theirs.mask)
-            assert mine.score == pytest.approx(theirs.score, abs=1e-4)
-        assert np.array_equal(got.panoptic, want.panoptic)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a replica: the same kernels, so the same rounding
+    try:
+        for index in range(24):  # until both replicas answered (the router picks one at random)
+            if index >= 4 and len(replicas) == 2:
+                break
+            shifted = np.roll(frame, 4 * index, axis=1)
+            got, want = remote.process(shifted), local.process(shifted)
+            replicas.add(remote.predictor.last_replica)
+            assert [i.track_id for i in got.instances] == [i.track_id for i in want.instances]
+            for mine, theirs in zip(got.instances, want.instances, strict=True):
+                assert np.array_equal(mine.mask, theirs.mask)
+                assert mine.score == pytest.approx(theirs.score, abs=1e-4)
+            assert np.array_equal(got.panoptic, want.panoptic)
+    finally:
+        torch.set_num_threads(threads)
     assert len(replicas) == 2, f"every frame went to one replica: {replicas}"
     assert remote.vocabulary_names() == local.vocabulary_names()
 
@@ -283,7 +291,8 @@ def test_seem_node_with_a_remote_backend_survives_a_server_restart(
     failed = remote_client.fresh_counter("inference_errors")
     remote_client.publish_until(image, lambda: remote_client.counter("inference_errors") > failed)
     assert remote_client.process.is_running()
-    assert "did not answer" in remote_client.log_since(mark) or "unavailable" in remote_client.log_since(mark)
+    remote_client.wait_for_log("inference failed", mark, timeout=30.0)
+    assert f"server {server.url}" in remote_client.log_since(mark)
 
     assert remote_client.diagnostics()["vocabulary_size"] == "133"  # the server's COCO panoptic names
     server.start("--vocabulary", "cup,table,floor")  # restarted with another vocabulary

@@ -16,8 +16,10 @@ import threading
 import torch
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.predictor import Prediction
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.remote.wire import (
+    ERROR_CODES,
     FrameRequest,
     WireError,
     WireLimits,
@@ -73,7 +75,7 @@ class ServerEngine:
                 f"inference failed: {type(error).__name__}: {error}", "internal"
             )
 
-    def _predict(self, request: FrameRequest):
+    def _predict(self, request: FrameRequest) -> tuple[Prediction, Vocabulary]:
         vocabulary = self.default_vocabulary
         if request.vocabulary is not None:
             vocabulary = Vocabulary.from_names(*request.vocabulary)
@@ -91,6 +93,4 @@ class ServerEngine:
 
 
 def _status(code: str) -> int:
-    from seem_ros.remote.wire import ERROR_CODES
-
     return ERROR_CODES.get(code, 500)

@@ -86,11 +86,6 @@ class SeemDeployment:
     async def _infer_batch(self, bodies: list[bytes]) -> list[tuple[int, bytes]]:
         return [self.engine.handle(body, batch_size=len(bodies)) for body in bodies]
 
-    def check_health(self) -> None:
-        """Serve restarts a replica whose check raises (or that does not answer)."""
-        if self.engine.predictor is None:
-            raise RuntimeError("the replica has no model")
-
 
 def _error(message: str, code: str) -> Response:
     return Response(encode_error(message, code), status_code=ERROR_CODES[code], media_type=CONTENT_TYPE)
