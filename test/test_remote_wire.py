@@ -243,3 +243,28 @@ def test_a_request_that_times_out_is_counted_and_not_retried_at_once() -> None:
         assert client.failures == 1
         with pytest.raises(ServerUnavailable, match="next try in"):
             client.post(b"newer frame")
+
+
+def test_a_batch_of_requests_is_answered_as_one_by_one(rgb: np.ndarray) -> None:
+    """ServerEngine.handle_batch: frames of one size share an image-encoder pass, another size has its
+    own, a garbage body is refused alone; every answer equals the request answered by itself."""
+    from seem_ros.engine.api import SegmenterConfig
+    from seem_ros.remote.server_engine import ServerEngine
+
+    engine = ServerEngine(
+        SegmenterConfig(preset="focalt_tiny", random_weights=True, device="cpu", short_side=128)
+    )
+    targets = [Target(visual=(ClickPrompt(80.0, 60.0),)), Target(text=TextPrompt("cup"))]
+    frames = [rgb, np.ascontiguousarray(rgb[:, ::-1]), cv2.resize(rgb, (120, 160))]
+    bodies = [encode_request(frame, targets, [None, None], True, image_format="png") for frame in frames]
+    batch = engine.handle_batch([bodies[0], b"garbage", bodies[1], bodies[2]])
+    assert [status for status, _ in batch] == [200, 400, 200, 200]
+    with pytest.raises(WireError, match="MessagePack"):
+        decode_reply(batch[1][1])
+    for body, (_, reply) in zip(bodies, [batch[0], batch[2], batch[3]], strict=True):
+        together, alone = decode_reply(reply), decode_reply(engine.handle(body)[1])
+        assert together.batch_size == 4 and alone.batch_size == 1
+        for got, want in zip(together.prediction.targets, alone.prediction.targets, strict=True):
+            assert np.array_equal(got.mask, want.mask)
+            torch.testing.assert_close(got.mask_logits, want.mask_logits, atol=1e-4, rtol=0.0)
+        assert np.array_equal(together.prediction.generic.panoptic, alone.prediction.generic.panoptic)

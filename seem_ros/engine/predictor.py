@@ -207,48 +207,89 @@ class SeemPredictor:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half_precision)
 
-    @torch.inference_mode()
-    def encode(self, rgb: np.ndarray) -> EncodedImage:
-        """Features of an (H, W, 3) uint8 RGB image, without storing them."""
+    def _model_input(self, rgb: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
+        """The padded, normalised (1, 3, H', W') model input of an RGB image, and its resized (H, W)."""
         validate_rgb(rgb)
-        start = time.perf_counter()
         resized = self.transform.apply_image(rgb)
         tensor = (
             torch.from_numpy(np.require(resized, requirements=["C", "W"]))
             .permute(2, 0, 1)[None]
             .to(self.device)
         )
-        padded = self.model.preprocess(tensor)
-        self._encode_timings = {"preprocess": time.perf_counter() - start}
+        return self.model.preprocess(tensor), resized.shape[:2]
+
+    def _image_features(self, padded: Tensor, timings: dict[str, float]) -> PixelFeatures:
+        """Image encoder on (B, 3, H', W') padded inputs; its stage times go into `timings`."""
         if self.image_encoder is not None:
             start = time.perf_counter()
             features = self.image_encoder(padded)
             self._synchronize()
-            self._encode_timings["image_encoder"] = time.perf_counter() - start
-            return EncodedImage(features, rgb.shape[:2], resized.shape[:2], tuple(padded.shape[-2:]))
+            timings["image_encoder"] = time.perf_counter() - start
+            return features
         with self._autocast():
             start = time.perf_counter()
             backbone_features = self.model.backbone(padded)
             self._synchronize()
-            self._encode_timings["backbone"] = time.perf_counter() - start
+            timings["backbone"] = time.perf_counter() - start
             start = time.perf_counter()
             features = self.model.sem_seg_head.pixel_decoder(backbone_features)
             self._synchronize()
-            self._encode_timings["pixel_decoder"] = time.perf_counter() - start
-        features = PixelFeatures(
+            timings["pixel_decoder"] = time.perf_counter() - start
+        return PixelFeatures(
             mask_features=features.mask_features.float(),
             multi_scale_features=[level.float() for level in features.multi_scale_features],
         )
-        return EncodedImage(features, rgb.shape[:2], resized.shape[:2], tuple(padded.shape[-2:]))
+
+    @torch.inference_mode()
+    def encode(self, rgb: np.ndarray) -> EncodedImage:
+        """Features of an (H, W, 3) uint8 RGB image, without storing them."""
+        start = time.perf_counter()
+        padded, resized_size = self._model_input(rgb)
+        timings = {"preprocess": time.perf_counter() - start}
+        features = self._image_features(padded, timings)
+        self._encode_timings = timings
+        return EncodedImage(features, rgb.shape[:2], resized_size, tuple(padded.shape[-2:]))
+
+    @torch.inference_mode()
+    def encode_batch(self, images: Sequence[np.ndarray]) -> list[tuple[EncodedImage, dict[str, float]]]:
+        """Features of several images, each with the timings of the pass that made it.
+
+        Images whose padded model inputs have the same size go through the PyTorch image encoder in one
+        batched pass (grouped by size, not padded to the largest, which would change their features); with
+        an `image_encoder` backend (ONNX Runtime, compiled graphs of fixed batch) they are encoded one by one.
+        """
+        if self.image_encoder is not None:
+            return [(self.encode(rgb), dict(self._encode_timings)) for rgb in images]
+        inputs = []
+        for rgb in images:
+            start = time.perf_counter()
+            padded, resized_size = self._model_input(rgb)
+            inputs.append((padded, resized_size, time.perf_counter() - start))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for index, (padded, _, _) in enumerate(inputs):
+            groups.setdefault(tuple(padded.shape[-2:]), []).append(index)
+        encoded: dict[int, tuple[EncodedImage, dict[str, float]]] = {}
+        for size, members in groups.items():
+            timings = {"preprocess": sum(inputs[index][2] for index in members)}
+            features = self._image_features(torch.cat([inputs[index][0] for index in members]), timings)
+            for row, index in enumerate(members):
+                own = PixelFeatures(
+                    mask_features=features.mask_features[row : row + 1],
+                    multi_scale_features=[level[row : row + 1] for level in features.multi_scale_features],
+                )
+                image = EncodedImage(own, images[index].shape[:2], inputs[index][1], size)
+                encoded[index] = (image, timings)
+        return [encoded[index] for index in range(len(images))]
 
     def set_image(self, rgb: np.ndarray) -> None:
         """Encode an (H, W, 3) uint8 RGB image; later `predict` calls reuse its features."""
         self._encoded = self.encode(rgb)
 
-    def set_encoded(self, encoded: EncodedImage) -> None:
-        """Use an image encoded elsewhere (e.g. in one batched pass over several cameras' frames)."""
+    def set_encoded(self, encoded: EncodedImage, timings: dict[str, float] | None = None) -> None:
+        """Use an image encoded elsewhere (e.g. in one batched pass over several frames, `encode_batch`);
+        timings: those of that pass, reported with the next prediction."""
         self._encoded = encoded
-        self._encode_timings = {}
+        self._encode_timings = dict(timings or {})
 
     def reset_image(self) -> None:
         self._encoded = None

@@ -12,11 +12,12 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Sequence
 
 import torch
 
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.predictor import Prediction
+from seem_ros.engine.predictor import EncodedImage, Prediction
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.remote.wire import (
     ERROR_CODES,
@@ -58,38 +59,66 @@ class ServerEngine:
         self.replica = replica or f"pid {os.getpid()}"
         self._lock = threading.Lock()
 
-    def handle(self, body: bytes, batch_size: int = 1) -> tuple[int, bytes]:
+    def handle(self, body: bytes) -> tuple[int, bytes]:
         """(HTTP status, reply body) for one request body; never raises."""
-        try:
-            request = decode_request(body, self.limits)
-            with self._lock:
-                prediction, names = self._predict(request)
-            return 200, encode_reply(prediction, names, self.replica, batch_size)
-        except WireError as error:
-            return _status(error.code), encode_error(str(error), error.code)
-        except ValueError as error:
-            return _status("bad_request"), encode_error(str(error), "bad_request")
-        except Exception as error:  # a failed frame must not take the replica down
-            LOGGER.exception("inference failed")
-            return _status("internal"), encode_error(
-                f"inference failed: {type(error).__name__}: {error}", "internal"
-            )
+        return self.handle_batch([body])[0]
 
-    def _predict(self, request: FrameRequest) -> tuple[Prediction, Vocabulary]:
+    def handle_batch(self, bodies: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        """(HTTP status, reply body) per request body, in order; never raises. The frames of the requests
+        that decode are encoded together (`SeemPredictor.encode_batch`: one image-encoder pass per padded
+        size), then each request's targets are decoded on its own frame."""
+        replies: dict[int, tuple[int, bytes]] = {}
+        requests: dict[int, FrameRequest] = {}
+        for index, body in enumerate(bodies):
+            try:
+                requests[index] = decode_request(body, self.limits)
+            except WireError as error:
+                replies[index] = _refusal(error)
+        with self._lock:
+            try:
+                encoded = self.predictor.encode_batch([request.rgb for request in requests.values()])
+            except Exception as error:  # a failed pass must not take the replica down
+                LOGGER.exception("image encoder failed")
+                encoded = []
+                replies |= {index: _failure(error) for index in requests}
+            for (index, request), (image, timings) in zip(requests.items(), encoded, strict=False):
+                try:
+                    prediction, vocabulary = self._predict(request, image, timings)
+                    replies[index] = (200, encode_reply(prediction, vocabulary, self.replica, len(bodies)))
+                except ValueError as error:
+                    replies[index] = _refusal(WireError(str(error)))
+                except Exception as error:  # one failed frame must not fail the others or the replica
+                    LOGGER.exception("inference failed")
+                    replies[index] = _failure(error)
+        return [replies[index] for index in range(len(bodies))]
+
+    def _predict(
+        self, request: FrameRequest, image: EncodedImage, timings: dict[str, float]
+    ) -> tuple[Prediction, Vocabulary]:
         vocabulary = self.default_vocabulary
         if request.vocabulary is not None:
             vocabulary = Vocabulary.from_names(*request.vocabulary)
         if vocabulary != self.predictor.vocabulary:
             self.predictor.set_vocabulary(vocabulary)
-        self.predictor.set_image(request.rgb)
+        self.predictor.set_encoded(image, timings)
         previous = [
             None if logits is None else torch.from_numpy(logits) for logits in request.previous_logits
         ]
-        prediction = self.predictor.predict(
-            request.targets, previous_logits=previous, generic=request.generic
-        )
-        self.predictor.reset_image()
+        try:
+            prediction = self.predictor.predict(
+                request.targets, previous_logits=previous, generic=request.generic
+            )
+        finally:
+            self.predictor.reset_image()
         return prediction, vocabulary
+
+
+def _refusal(error: WireError) -> tuple[int, bytes]:
+    return _status(error.code), encode_error(str(error), error.code)
+
+
+def _failure(error: Exception) -> tuple[int, bytes]:
+    return _status("internal"), encode_error(f"inference failed: {type(error).__name__}: {error}", "internal")
 
 
 def _status(code: str) -> int:

@@ -3,9 +3,9 @@
 Requests are HTTP POSTs of the wire format (`seem_ros.remote.wire`) to the application's route (``/seem``
 by default). Each replica checks the bearer token (when one is set) and the declared body size before
 reading a request, then queues it for `@serve.batch`, which hands a replica the requests that arrived
-together (up to `max_batch_size`, waiting at most `batch_wait_timeout_s` for more); the replica answers
-them in one go. Frames of different sizes and prompt layouts do not share a batched model pass here, so a
-batch saves the per-request scheduling, not model time.
+together (up to `max_batch_size`, waiting at most `batch_wait_timeout_s` for more): their frames go
+through the image encoder in one batched pass per padded size (PyTorch backend; ONNX graphs take one frame
+at a time), then each request's targets are decoded on its own frame.
 
 `app_builder(args)` builds the application from plain settings, so Ray's own tools deploy it:
 ``serve run seem_ros.remote.service:app_builder preset=focalt_v1`` or a config file (config/serve.yaml)
@@ -84,7 +84,7 @@ class SeemDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _infer_batch(self, bodies: list[bytes]) -> list[tuple[int, bytes]]:
-        return [self.engine.handle(body, batch_size=len(bodies)) for body in bodies]
+        return self.engine.handle_batch(bodies)
 
 
 def _error(message: str, code: str) -> Response:
