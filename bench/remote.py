@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"... {label}: {row['fps']:.2f} fps over all streams", flush=True)
 
     header = ["where", "replicas", "@serve.batch", "streams", "fps", "latency median ms", "p90 ms"]
-    header += ["latency vs in process", "model ms in replica", "hop / model", "batch reached (max/mean)"]
+    header += ["latency vs in process", "model ms in replica", "(hop + queue) / model"]
+    header += ["batch reached (max/mean)"]
     table = []
     for row in rows:
         table.append(
