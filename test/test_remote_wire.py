@@ -144,16 +144,28 @@ def test_garbage_and_pickle_are_refused(body: bytes, code: str, words: str) -> N
     assert refused.value.code == code
 
 
+def _empty_png(width: int, height: int) -> bytes:
+    """A valid PNG file that claims width x height RGB pixels and holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes = b"") -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size + b"\x08\x02\0\0\0") + chunk(b"IDAT") + chunk(b"IEND")
+
+
 def test_limits_are_checked_before_decoding(rgb: np.ndarray) -> None:
     small = WireLimits(
         max_request_bytes=10_000_000, max_image_pixels=160 * 120, max_targets=2, max_text_chars=20
     )
-    # A PNG header that claims 100000 x 100000 pixels: refused from its header, never decoded.
-    header = (
-        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (100_000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00"
-    )
+    # A PNG that claims 100000 x 100000 pixels and holds none: refused from its header, never decoded.
+    header = _empty_png(100_000, 100_000)
     with pytest.raises(WireError, match="more than the limit") as refused:
         decode_request(_request(rgb, image={"format": "png", "data": header}), small)
+    assert refused.value.code == "too_large"
+    five_thousand = _empty_png(5_000, 5_000)
+    with pytest.raises(WireError, match="more than the limit") as refused:
+        decode_request(_request(rgb, image={"format": "png", "data": five_thousand}), small)
     assert refused.value.code == "too_large"
     with pytest.raises(WireError, match="more than"):
         decode_request(_request(rgb), WireLimits(max_request_bytes=100))

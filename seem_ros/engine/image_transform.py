@@ -1,11 +1,14 @@
-"""Resizing camera images to the model input, as the SEEM demo does (shortest side, PIL bicubic)."""
+"""Camera images into the model: decoding compressed frames within a pixel limit, checking RGB arrays, and
+resizing to the model input as the SEEM demo does (shortest side, PIL bicubic)."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 
 @dataclass(frozen=True)
@@ -55,3 +58,45 @@ def validate_rgb(rgb: np.ndarray, max_pixels: int | None = None) -> None:
             f"image has {rgb.shape[0] * rgb.shape[1]} pixels, more than the limit {max_pixels}; "
             "raise max_image_pixels or send smaller images"
         )
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the limit."""
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int | None) -> None:
+    """Raise ImageTooLarge when a width x height image exceeds max_pixels (None = no limit)."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image of {width} x {height} has {width * height} pixels, more than the limit {max_pixels}; "
+            "raise max_image_pixels or send smaller images"
+        )
+
+
+def decode_compressed(data: bytes, max_pixels: int | None = None, described_as: str = "") -> np.ndarray:
+    """(H, W, 3) uint8 RGB decoded from compressed image bytes (JPEG, PNG, ... anything cv2.imdecode reads).
+
+    max_pixels: refuse images with more pixels than this (ImageTooLarge). The size is read from the file
+    header before decoding, so a small file that would decode to a huge image costs no memory; with a
+    limit, only formats whose header Pillow reads (JPEG, PNG, ...) are accepted. described_as: how error
+    messages name the image's format (e.g. "format 'jpeg'").
+    """
+    suffix = f", {described_as}" if described_as else ""
+    if len(data) == 0:
+        raise ValueError(f"empty compressed image ({described_as or 'no data'})")
+    if max_pixels is not None:
+        try:
+            with Image.open(io.BytesIO(data)) as header:
+                width, height = header.size
+        except Image.DecompressionBombError as error:
+            message = f"compressed image{suffix} declares more than the limit {max_pixels} pixels ({error})"
+            raise ImageTooLarge(message) from None
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise ValueError(
+                f"could not read the size of a compressed image of {len(data)} bytes{suffix}: {error}"
+            ) from None
+        check_pixel_count(width, height, max_pixels)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"could not decode compressed image of {len(data)} bytes{suffix}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -20,13 +20,12 @@ from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.predictor import EncodedImage, Prediction
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.remote.wire import (
-    ERROR_CODES,
     FrameRequest,
     WireError,
     WireLimits,
     decode_request,
-    encode_error,
     encode_reply,
+    refusal,
 )
 
 LOGGER = logging.getLogger("seem_ros.server")
@@ -114,12 +113,8 @@ class ServerEngine:
 
 
 def _refusal(error: WireError) -> tuple[int, bytes]:
-    return _status(error.code), encode_error(str(error), error.code)
+    return refusal(str(error), error.code)
 
 
 def _failure(error: Exception) -> tuple[int, bytes]:
-    return _status("internal"), encode_error(f"inference failed: {type(error).__name__}: {error}", "internal")
-
-
-def _status(code: str) -> int:
-    return ERROR_CODES.get(code, 500)
+    return refusal(f"inference failed: {type(error).__name__}: {error}", "internal")

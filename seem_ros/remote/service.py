@@ -24,10 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.remote.client import read_token
 from seem_ros.remote.server_engine import ServerEngine, tokens_match
-from seem_ros.remote.wire import CONTENT_TYPE, ERROR_CODES, WireLimits, encode_error
-
-TOKEN_ENVIRONMENT_VARIABLE = "SEEM_ROS_SERVER_TOKEN"
+from seem_ros.remote.wire import CONTENT_TYPE, WireLimits, refusal
 
 
 @dataclass
@@ -65,7 +64,7 @@ class SeemDeployment:
         limits = WireLimits(
             max_request_bytes=self.settings.max_request_bytes, max_image_pixels=config.max_image_pixels
         )
-        self.token = self.settings.token or os.environ.get(TOKEN_ENVIRONMENT_VARIABLE, "")
+        self.token = self.settings.token or read_token()
         replica = f"{serve.get_replica_context().replica_id.unique_id} pid {os.getpid()}"
         self.engine = ServerEngine(config, limits, replica=replica)
         self._infer_batch.set_max_batch_size(self.settings.max_batch_size)
@@ -88,7 +87,8 @@ class SeemDeployment:
 
 
 def _error(message: str, code: str) -> Response:
-    return Response(encode_error(message, code), status_code=ERROR_CODES[code], media_type=CONTENT_TYPE)
+    status, body = refusal(message, code)
+    return Response(body, status_code=status, media_type=CONTENT_TYPE)
 
 
 def _engine_fields(engine: dict[str, Any]) -> dict[str, Any]:
@@ -128,12 +128,11 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         if key == "engine":
             continue
         (service if key in known else engine)[key] = value
-    for item in fields(ServiceSettings):
-        if item.name in service and item.name != "engine":
-            service[item.name] = type(getattr(ServiceSettings(), item.name))(service[item.name])
-    engine_types = {
-        item.name: type(getattr(SegmenterConfig(), item.name)) for item in fields(SegmenterConfig)
-    }
+    service_defaults = ServiceSettings()
+    for name in service:
+        service[name] = type(getattr(service_defaults, name))(service[name])
+    engine_defaults = SegmenterConfig()
+    engine_types = {item.name: type(getattr(engine_defaults, item.name)) for item in fields(SegmenterConfig)}
     for key, value in list(engine.items()):
         kind = engine_types.get(key)
         if kind is bool and isinstance(value, str):

@@ -37,6 +37,7 @@ import msgpack
 import numpy as np
 
 from seem_ros.engine import coco_rle
+from seem_ros.engine.image_transform import ImageTooLarge, check_pixel_count, decode_compressed
 from seem_ros.engine.predictor import GenericResult, GenericSegment, Prediction, TargetResult
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -169,54 +170,30 @@ def encode_image(rgb: np.ndarray, image_format: str = "jpeg", jpeg_quality: int 
 
 
 def decode_image(packed: Any, max_pixels: int) -> np.ndarray:
-    """The RGB image of an ``image`` map; its size is read from the header before the pixels are decoded."""
+    """The RGB image of an ``image`` map; its size is checked (from the header of a PNG or JPEG) before
+    the pixels are decoded."""
     item = _map(packed, "image")
     image_format, data = item.get("format"), _bytes(item.get("data"), "image data")
-    if image_format == "raw":
+    if image_format not in IMAGE_FORMATS:
+        raise WireError(f"image: format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    try:
+        if image_format != "raw":
+            return decode_compressed(data, max_pixels, f"format {image_format!r}")
         shape = item.get("shape")
         if not (isinstance(shape, list) and len(shape) == 3 and shape[2] == 3):
             raise WireError("image: a raw image needs shape [H, W, 3]")
         if not all(isinstance(n, int) and n > 0 for n in shape):
             raise WireError("image: shape must hold positive integers")
-        _check_pixels(shape[1], shape[0], max_pixels)
-        if len(data) != shape[0] * shape[1] * 3:
-            raise WireError(f"image: {len(data)} bytes do not make a {shape[1]}x{shape[0]} RGB image")
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
-    if image_format not in IMAGE_FORMATS:
-        raise WireError(f"image: format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
-    width, height = _compressed_size(image_format, data)
-    _check_pixels(width, height, max_pixels)
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise WireError(f"image: the {image_format} data could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise WireError(f"image: {width}x{height} is more than the limit of {max_pixels} pixels", "too_large")
-
-
-def _compressed_size(image_format: str, data: bytes) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR or a JPEG's start-of-frame marker, without decoding pixels."""
-    if image_format == "png":
-        if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-            raise WireError("image: not a PNG file")
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] != b"\xff\xd8":
-        raise WireError("image: not a JPEG file")
-    offset = 2
-    while offset + 9 < len(data):
-        if data[offset] != 0xFF:
-            raise WireError("image: corrupt JPEG marker")
-        marker = data[offset + 1]
-        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[offset + 7 : offset + 9], "big"), int.from_bytes(
-                data[offset + 5 : offset + 7], "big"
-            )
-        offset += 2 + length
-    raise WireError("image: the JPEG has no frame header")
+        check_pixel_count(shape[1], shape[0], max_pixels)
+    except ImageTooLarge as error:
+        raise WireError(f"image: {error}", "too_large") from error
+    except WireError:
+        raise
+    except ValueError as error:
+        raise WireError(f"image: {error}") from error
+    if len(data) != shape[0] * shape[1] * 3:
+        raise WireError(f"image: {len(data)} bytes do not make a {shape[1]}x{shape[0]} RGB image")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -435,6 +412,11 @@ def encode_reply(
 def encode_error(message: str, code: str) -> bytes:
     """The MessagePack body of a refusal (code: an ERROR_CODES key)."""
     return msgpack.packb({"v": WIRE_VERSION, "ok": False, "error": message, "code": code}, use_bin_type=True)
+
+
+def refusal(message: str, code: str) -> tuple[int, bytes]:
+    """(HTTP status, body) of a refusal (code: an ERROR_CODES key)."""
+    return ERROR_CODES[code], encode_error(message, code)
 
 
 def decode_reply(body: bytes, max_pixels: int = 1 << 28) -> FrameReply:

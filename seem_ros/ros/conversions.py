@@ -7,18 +7,16 @@ rows are padded; it is honoured in both directions.
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from PIL import Image as PilImage
-from PIL import UnidentifiedImageError
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import Header
 
+from seem_ros.engine.image_transform import check_pixel_count, decode_compressed
 from seem_ros.engine.results import FrameResult, InstanceResult, Segment
 from seem_ros.engine.visualize import render_overlay
 from seem_ros.msg import InstanceMask, InstanceMaskArray, PanopticSegment
@@ -101,7 +99,7 @@ def image_to_rgb(msg: Image, max_pixels: int | None = None) -> np.ndarray:
         raise ValueError(
             f"cannot segment an image with encoding {msg.encoding!r}; use one of {', '.join(_TO_RGB)}"
         )
-    _check_pixel_count(int(msg.width), int(msg.height), max_pixels)
+    check_pixel_count(int(msg.width), int(msg.height), max_pixels)
     pixels = image_to_array(msg)
     conversion = _TO_RGB[msg.encoding]
     if conversion is None:
@@ -110,42 +108,9 @@ def image_to_rgb(msg: Image, max_pixels: int | None = None) -> np.ndarray:
 
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB decoded from a CompressedImage (JPEG, PNG, ... anything cv2.imdecode reads).
-
-    max_pixels: refuse images with more pixels than this (ValueError). The size is read from the file
-    header before decoding, so a small file that would decode to a huge image costs no memory; with a
-    limit, only formats whose header Pillow reads (JPEG, PNG, ...) are accepted.
-    """
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size == 0:
-        raise ValueError(f"empty compressed image (format {msg.format!r})")
-    if max_pixels is not None:
-        width, height = _compressed_size(msg)
-        _check_pixel_count(width, height, max_pixels)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"could not decode compressed image of {data.size} bytes, format {msg.format!r}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def _check_pixel_count(width: int, height: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise ValueError(
-            f"image of {width} x {height} has {width * height} pixels, more than the limit {max_pixels}; "
-            "raise max_image_pixels or send smaller images"
-        )
-
-
-def _compressed_size(msg: CompressedImage) -> tuple[int, int]:
-    """(width, height) from a compressed image's header, without decoding its pixels."""
-    try:
-        with PilImage.open(io.BytesIO(bytes(msg.data))) as header:
-            return header.size
-    except (UnidentifiedImageError, PilImage.DecompressionBombError, OSError, ValueError) as error:
-        raise ValueError(
-            f"could not read the size of a compressed image of {len(msg.data)} bytes, format "
-            f"{msg.format!r}: {error}"
-        ) from None
+    """(H, W, 3) uint8 RGB decoded from a CompressedImage; see `decode_compressed` (ValueError when the
+    data is empty, undecodable or over max_pixels, read from the header before decoding)."""
+    return decode_compressed(bytes(msg.data), max_pixels, f"format {msg.format!r}")
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:
