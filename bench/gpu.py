@@ -141,7 +141,11 @@ def run_frames(predictor: SeemPredictor, cameras: list[Camera], frame_index: int
     predictions = []
     for camera, image in zip(cameras, encoded, strict=True):
         predictor.set_encoded(image)
-        prediction = camera.tracker.step(predictor, generic=True)
+        planned = camera.tracker.plan(image.original_size)
+        prediction = predictor.predict(
+            [item.target for item in planned], [item.previous_logits for item in planned], generic=True
+        )
+        camera.tracker.update(planned, prediction.targets)
         prediction.timings.update({name: value / len(cameras) for name, value in batch_timings.items()})
         predictions.append(prediction)
     return predictions

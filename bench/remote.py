@@ -35,7 +35,8 @@ import torch
 
 from bench.timing import markdown_table
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.segmenter import SeemSegmenter, build_segmenter
+from seem_ros.engine.segmenter import build_segmenter
+from seem_ros.engine.session import Session
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300.0
@@ -97,7 +98,7 @@ class ServeProcess:
                 self.process.kill()
 
 
-def _stream(segmenter: SeemSegmenter, frame: np.ndarray, frames: int, out: list[dict]) -> None:
+def _stream(segmenter: Session, frame: np.ndarray, frames: int, out: list[dict]) -> None:
     segmenter.add_click(320.0, 240.0, True)
     for index in range(frames):
         start = time.perf_counter()
@@ -111,7 +112,7 @@ def _stream(segmenter: SeemSegmenter, frame: np.ndarray, frames: int, out: list[
         )
 
 
-def run_streams(make: Callable[[int], SeemSegmenter], streams: int, frames: int, frame: np.ndarray) -> dict:
+def run_streams(make: Callable[[int], Session], streams: int, frames: int, frame: np.ndarray) -> dict:
     """`streams` segmenters from make(), each in its own thread, `frames` frames each, back to back."""
     segmenters = [make(index) for index in range(streams)]
     for segmenter in segmenters:  # a first frame outside the timing: connections, first-use costs

@@ -383,8 +383,8 @@ def run_post(bench: Bench, started: float) -> list[dict]:
     the node publishes (instances, panoptic, semantic, overlay), against the whole frame."""
     from std_msgs.msg import Header
 
-    from seem_ros.engine.segmenter import SeemSegmenter
-    from seem_ros.engine.tracker import Tracker
+    from seem_ros.engine.engine import SeemEngine
+    from seem_ros.engine.session import SessionSettings
     from seem_ros.ros.conversions import frame_result_to_msg, overlay_image, panoptic_image, semantic_image
 
     job = bench.job
@@ -393,7 +393,7 @@ def run_post(bench: Bench, started: float) -> list[dict]:
     predictor = bench.predictor(job.short_sides[0])
     inner = predictor.decoder_backend if predictor.decoder_backend is not None else predictor.model.decode
     predictor.decoder_backend = ForcedSegments(inner, FORCED_SEGMENTS, len(bench.vocabulary.names), job.seed)
-    segmenter = SeemSegmenter(predictor, Tracker())
+    segmenter = SeemEngine(predictor, SessionSettings()).open_session()
     header = Header()
     height, width = job.image_size
     segments: list[int] = []

@@ -6,6 +6,7 @@ and start the nodes as processes (no launch package needed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +30,13 @@ LAUNCH_ARGUMENTS: tuple[ArgumentSpec, ...] = (
         "camera_topic",
         "/camera/image_raw",
         "sensor_msgs/Image topic to segment (camera_info is its sibling).",
+    ),
+    ArgumentSpec(
+        "cameras",
+        "",
+        "Several cameras served by one model: name=image_topic pairs separated by commas "
+        "(front=/front/color/image_raw,wrist=/wrist/color/image_raw); each camera's topics and services "
+        "are then under its name. Empty = one camera on camera_topic.",
     ),
     ArgumentSpec("compressed", "false", "Subscribe to <camera_topic>/compressed instead.", ("true", "false")),
     ArgumentSpec(
@@ -56,6 +64,7 @@ class LaunchArguments:
     """Typed launch arguments; see LAUNCH_ARGUMENTS for their meaning."""
 
     camera_topic: str = "/camera/image_raw"
+    cameras: tuple[tuple[str, str], ...] = ()
     compressed: bool = False
     depth_topic: str = ""
     preset: str = ""
@@ -81,8 +90,15 @@ class LaunchArguments:
                 )
         if not merged["camera_topic"]:
             raise ValueError("launch argument camera_topic must not be empty")
+        cameras = parse_cameras(merged["cameras"])
+        if cameras and merged["depth_topic"]:
+            raise ValueError(
+                "launch argument depth_topic is for one camera; with cameras, remap each camera's "
+                "<name>/depth and set use_depth in params_file"
+            )
         return cls(
             camera_topic=merged["camera_topic"],
+            cameras=cameras,
             compressed=merged["compressed"].lower() == "true",
             depth_topic=merged["depth_topic"],
             preset=merged["preset"],
@@ -93,6 +109,23 @@ class LaunchArguments:
             speech=merged["speech"].lower() == "true",
             speech_params_file=merged["speech_params_file"],
         )
+
+
+def parse_cameras(text: str) -> tuple[tuple[str, str], ...]:
+    """(name, image topic) pairs of "front=/front/image_raw,wrist=/wrist/image_raw"; () for ""."""
+    cameras = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, topic = (piece.strip() for piece in item.partition("="))
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or not topic:
+            raise ValueError(
+                f"launch argument cameras: {item!r} is not name=image_topic (a name of letters, digits "
+                "and '_', starting with a letter)"
+            )
+        cameras.append((name, topic))
+    names = [name for name, _ in cameras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"launch argument cameras names a camera twice: {text!r}")
+    return tuple(cameras)
 
 
 @dataclass(frozen=True)
@@ -155,10 +188,14 @@ def sibling_camera_info(image_topic: str) -> str:
     return str(parent / "camera_info") if str(parent) not in (".", "") else "camera_info"
 
 
-def camera_remappings(camera_topic: str, compressed: bool) -> tuple[tuple[str, str], ...]:
-    """Remap seem_node's inputs to a camera: the image (or its /compressed) and the sibling camera_info."""
-    image = ("image/compressed", f"{camera_topic}/compressed") if compressed else ("image", camera_topic)
-    return (image, ("camera_info", sibling_camera_info(camera_topic)))
+def camera_remappings(camera_topic: str, compressed: bool, name: str = "") -> tuple[tuple[str, str], ...]:
+    """Remap seem_node's inputs to a camera: the image (or its /compressed) and the sibling camera_info;
+    name: the camera's namespace in a node serving several ("" = the only camera)."""
+    prefix = f"{name}/" if name else ""
+    image = (f"{prefix}image", camera_topic)
+    if compressed:
+        image = (f"{prefix}image/compressed", f"{camera_topic}/compressed")
+    return (image, (f"{prefix}camera_info", sibling_camera_info(camera_topic)))
 
 
 def depth_remappings(depth_topic: str) -> tuple[tuple[str, str], ...]:
@@ -175,7 +212,13 @@ def plan_nodes(args: LaunchArguments, share_dir: Path) -> list[NodeSpec]:
         for name, value in (("preset", args.preset), ("checkpoint", args.checkpoint), ("device", args.device))
         if value
     ]
-    remappings = camera_remappings(args.camera_topic, args.compressed)
+    if args.cameras:
+        parameters.append(("cameras", [name for name, _ in args.cameras]))
+        remappings = tuple(
+            pair for name, topic in args.cameras for pair in camera_remappings(topic, args.compressed, name)
+        )
+    else:
+        remappings = camera_remappings(args.camera_topic, args.compressed)
     if args.depth_topic:
         parameters.append(("use_depth", True))
         remappings += depth_remappings(args.depth_topic)

@@ -219,7 +219,7 @@ def test_bad_pixel_click_is_logged_counted_and_skipped(raw: NodeClient, coffee, 
     [
         (
             Image(height=10, width=10, encoding="mono8", step=10, data=bytes(100)),
-            "the camera images are 640x480: it must have their size",
+            "the images are 640x480: it must have their size",
         ),
         (
             Image(height=480, width=640, encoding="rgb8", step=1920, data=bytes(1920 * 480)),
@@ -287,7 +287,7 @@ def test_bad_service_calls_are_refused(raw: NodeClient, coffee):
             SetVocabulary,
             "/set_vocabulary",
             SetVocabulary.Request(names=["cup", "table"], thing_names=["dog"]),
-            "thing_names ['dog'] are not in names",
+            "thing names ['dog'] are not in the vocabulary",
         ),
         (
             SegmentImage,
@@ -318,7 +318,7 @@ def test_bad_service_calls_are_logged_and_counted(raw: NodeClient):
     raw.call(SetVocabulary, "/set_vocabulary", SetVocabulary.Request(names=["cup"], thing_names=["dog"]))
     raw.call(SegmentImage, "/segment_image", SegmentImage.Request(image=_rgb8(64, 48, step=10)))
     raw.spin(0.5)
-    assert "not in names" in raw.log_since(mark) and "smaller than one row" in raw.log_since(mark)
+    assert "not in the vocabulary" in raw.log_since(mark) and "smaller than one row" in raw.log_since(mark)
     assert raw.fresh_counter("input_errors") >= before + 2
 
 
@@ -381,5 +381,5 @@ def test_compressed_image_over_the_pixel_limit_is_refused(compressed: NodeClient
 
 def test_extreme_aspect_ratio_does_not_blow_up_the_model_input():
     segmenter = build_segmenter(SegmenterConfig(preset="focalt_tiny", random_weights=True, device="cpu"))
-    height, width = segmenter.predictor.transform.output_size(8, 4096)
-    assert height * width <= segmenter.max_image_pixels, (height, width)
+    height, width = segmenter.engine.predictor.transform.output_size(8, 4096)
+    assert height * width <= segmenter.settings.max_image_pixels, (height, width)

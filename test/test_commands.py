@@ -23,7 +23,7 @@ from seem_ros.engine.commands import (
     resolve_camera,
     run_prompt,
 )
-from seem_ros.engine.segmenter import SeemSegmenter
+from seem_ros.engine.session import Session
 
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_TRACKS = 4
@@ -234,28 +234,28 @@ def test_box_prompts_parse_into_their_corners(corners: list[float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def shared_segmenter() -> SeemSegmenter:
+def shared_segmenter() -> Session:
     config = SegmenterConfig("focalt_tiny", device="cpu", random_weights=True, max_tracks=MAX_TRACKS)
     return build_segmenter(config)
 
 
 @pytest.fixture
-def segmenter(shared_segmenter: SeemSegmenter) -> Iterator[SeemSegmenter]:
+def segmenter(shared_segmenter: Session) -> Iterator[Session]:
     shared_segmenter.clear_prompts()
     yield shared_segmenter
     shared_segmenter.clear_prompts()
 
 
-def _run(segmenter: SeemSegmenter, said: str) -> tuple[bool, str, tuple[int, ...], tuple[int, ...]]:
+def _run(segmenter: Session, said: str) -> tuple[bool, str, tuple[int, ...], tuple[int, ...]]:
     outcome = run_prompt(said, {"front": segmenter})
     return outcome.accepted, outcome.message, outcome.created, outcome.removed
 
 
-def _texts(segmenter: SeemSegmenter) -> dict[int, str]:
+def _texts(segmenter: Session) -> dict[int, str]:
     return {track.track_id: track.text for track in segmenter.tracks()}
 
 
-def test_find_also_forget(segmenter: SeemSegmenter) -> None:
+def test_find_also_forget(segmenter: Session) -> None:
     accepted, message, (ball,), removed = _run(segmenter, "find the red ball")
     assert accepted and message == f"Tracking red ball as number {ball}." and not removed
     accepted, message, (cup,), _ = _run(segmenter, "also the cup")
@@ -265,7 +265,7 @@ def test_find_also_forget(segmenter: SeemSegmenter) -> None:
     assert _texts(segmenter) == {cup: "cup"}
 
 
-def test_only_replaces_every_target_even_when_the_tracks_are_full(segmenter: SeemSegmenter) -> None:
+def test_only_replaces_every_target_even_when_the_tracks_are_full(segmenter: Session) -> None:
     made = [_run(segmenter, f"find object {number}")[2][0] for number in range(MAX_TRACKS)]
     accepted, message, _, _ = _run(segmenter, "also the spoon")
     assert not accepted and f"Already tracking {MAX_TRACKS} targets" in message
@@ -274,7 +274,7 @@ def test_only_replaces_every_target_even_when_the_tracks_are_full(segmenter: See
     assert removed == tuple(made) and _texts(segmenter) == {spoon: "spoon"}
 
 
-def test_forget_by_number_last_and_all_matching(segmenter: SeemSegmenter) -> None:
+def test_forget_by_number_last_and_all_matching(segmenter: Session) -> None:
     red = _run(segmenter, "find the red ball")[2][0]
     blue = _run(segmenter, "find the blue ball")[2][0]
     cup = _run(segmenter, "find the cup")[2][0]
@@ -300,24 +300,24 @@ def test_forget_by_number_last_and_all_matching(segmenter: SeemSegmenter) -> Non
         ("", "Empty prompt"),
     ],
 )
-def test_refused_commands_change_nothing(segmenter: SeemSegmenter, said: str, reason: str) -> None:
+def test_refused_commands_change_nothing(segmenter: Session, said: str, reason: str) -> None:
     ball = _run(segmenter, "find the red ball")[2][0]
     accepted, message, created, removed = _run(segmenter, said)
     assert not accepted and reason in message and not created and not removed
     assert _texts(segmenter) == {ball: "red ball"}
 
 
-def test_forget_with_nothing_tracked_is_refused(segmenter: SeemSegmenter) -> None:
+def test_forget_with_nothing_tracked_is_refused(segmenter: Session) -> None:
     nothing = "There is nothing to forget: no target is tracked."
     assert _run(segmenter, "forget that") == (False, nothing, (), ())
 
 
-def test_camera_named_is_the_one_served(segmenter: SeemSegmenter) -> None:
+def test_camera_named_is_the_one_served(segmenter: Session) -> None:
     outcome = run_prompt("on the front camera find the cup", {"front": segmenter})
     assert outcome.accepted and outcome.camera == "front" and outcome.command == add("cup", camera="front")
 
 
-def test_vocabulary_and_box_commands(segmenter: SeemSegmenter) -> None:
+def test_vocabulary_and_box_commands(segmenter: Session) -> None:
     before = segmenter.vocabulary_names()
     try:
         assert _run(segmenter, "look for cups, bottles and chairs")[:2] == (

@@ -101,6 +101,22 @@ def test_camera_remappings(topic: str, compressed: bool, expected: tuple):
     assert camera_remappings(topic, compressed) == expected
 
 
+def test_several_cameras_share_one_node():
+    args = LaunchArguments.from_strings(
+        {"cameras": "front=/front/color/image_raw, wrist = /wrist/image", "compressed": "true"}
+    )
+    assert args.cameras == (("front", "/front/color/image_raw"), ("wrist", "/wrist/image"))
+    (node,) = plan_nodes(args, SHARE)
+    assert dict(node.parameters)["cameras"] == ["front", "wrist"]
+    assert node.remappings == (
+        ("front/image/compressed", "/front/color/image_raw/compressed"),
+        ("front/camera_info", "/front/color/camera_info"),
+        ("wrist/image/compressed", "/wrist/image/compressed"),
+        ("wrist/camera_info", "/wrist/camera_info"),
+    )
+    assert "cameras:=['front', 'wrist']" in " ".join(node.ros_arguments())
+
+
 def test_from_strings():
     args = LaunchArguments.from_strings({"camera_topic": "/cam/image", "rviz": "True", "device": "cpu"})
     assert args == LaunchArguments(camera_topic="/cam/image", rviz=True, device="cpu")
@@ -120,6 +136,10 @@ def test_from_strings():
         ({"camera": "/x"}, "unknown launch arguments \\['camera'\\]"),
         ({"camera_topic": " "}, "camera_topic must not be empty"),
         ({"speech": "maybe"}, "speech:='maybe' must be one of true, false"),
+        ({"cameras": "front"}, "'front' is not name=image_topic"),
+        ({"cameras": "2nd=/x"}, "is not name=image_topic"),
+        ({"cameras": "a=/x,a=/y"}, "names a camera twice"),
+        ({"cameras": "a=/x", "depth_topic": "/d"}, "depth_topic is for one camera"),
     ],
 )
 def test_from_strings_errors(values: dict[str, str], message: str):

@@ -39,8 +39,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from seem_ros.launch_logic import LaunchArguments, plan_nodes
 from seem_ros.msg import InstanceMask, InstanceMaskArray
 from seem_ros.ros.conversions import array_to_image, instance_mask_from_msg
+from seem_ros.ros.diagnostics import FrameCounters
+from seem_ros.ros.inputs import FrameSlots, StampedPairs
 from seem_ros.ros.markers import BOX_NAMESPACE, LABEL_NAMESPACE, instance_markers
-from seem_ros.ros.seem_node import StampedPairs
 from seem_ros.srv import SegmentImage, SetVocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +130,20 @@ def test_stamped_pairs_pair_by_identical_stamp_in_either_order():
         pairs.add(0, image(sec, "rgb8"))
     assert pairs.add(1, image(3, "mono8")) is None  # the oldest unpaired image was dropped
     assert pairs.add(1, image(5, "mono8")) is not None
+
+
+def test_frame_slots_keep_the_newest_frame_per_camera_and_serve_the_longest_waiting_first():
+    slots = FrameSlots()
+    counters = {name: FrameCounters() for name in ("front", "rear", "wrist")}
+    for name, frame in (("front", b"f1"), ("rear", b"r1"), ("front", b"f2"), ("wrist", b"w1")):
+        slots.put(name, frame, counters[name])
+    assert counters["front"].received == 2 and counters["front"].dropped_replaced == 1
+    assert slots.take(2) == [("front", b"f2"), ("rear", b"r1")]  # front waits since f1
+    slots.put("rear", b"r2", counters["rear"])
+    slots.put("rear", b"r3", counters["rear"])
+    assert slots.take(1) == [("wrist", b"w1")]  # a camera publishing more often does not jump the queue
+    assert slots.take(1) == [("rear", b"r3")]
+    assert not slots.pending() and slots.take(4) == []
 
 
 # The node over DDS.
@@ -338,9 +353,9 @@ def test_box_scribble_mask_and_referring_image_prompts(client: Client, coffee: n
         "prompt: box (100.0, 120.0, 300.0, 330.0)",
         "positive scribble through 3 points from (400.0, 300.0)",
         f"mask prompt of {int((mask > 0).sum())} pixels",
-        "ignored prompt_mask: mask is 320x240, the camera images are 640x480: it must have their size",
+        "ignored prompt_mask: mask is 320x240, the images are 640x480: it must have their size",
         f"referring image {WIDTH}x{HEIGHT} with a mask of {int((mask > 0).sum())} pixels",
-        "ignored scribble: point (700.0, 10.0) is outside the 640x480 camera images",
+        "ignored scribble: point (700.0, 10.0) is outside the 640x480 image",
     )
     client.stream(coffee, has_prompt_types("box", "scribble", "mask", "referring_image"))
     # a box answers inside the box on its first frame (later frames track the object wherever it goes);
@@ -417,10 +432,10 @@ def test_depth_gives_instances_a_centroid_extent_and_box_marker(client: Client, 
 def test_services(client: Client, coffee: np.ndarray):
     client.clear()
     response = client.call(SetVocabulary, "/set_vocabulary", SetVocabulary.Request(names=["cup", ""]))
-    assert not response.success and "non-empty list of non-empty strings" in response.message
+    assert not response.success and "class names must be non-empty strings" in response.message
     request = SetVocabulary.Request(names=["cup", "table"], thing_names=["cup", "saucer"])
     response = client.call(SetVocabulary, "/set_vocabulary", request)
-    assert not response.success and response.message == "thing_names ['saucer'] are not in names"
+    assert not response.success and response.message == "thing names ['saucer'] are not in the vocabulary"
     request = SetVocabulary.Request(names=["cup", "saucer", "table"], thing_names=["cup", "saucer"])
     response = client.call(SetVocabulary, "/set_vocabulary", request)
     assert response.success and response.message == "vocabulary of 3 names, 2 things"

@@ -304,7 +304,7 @@ def test_onnx_segmenter_gives_the_same_masks(
         )
         for backend in ("torch", "onnx")
     }
-    assert segmenters["onnx"].predictor.decoder_backend is not None
+    assert segmenters["onnx"].engine.predictor.decoder_backend is not None
     frames = {}
     for segmenter in segmenters.values():
         segmenter.add_click(rgb.shape[1] * 0.3, rgb.shape[0] * 0.6, True)
@@ -319,7 +319,7 @@ def test_onnx_segmenter_gives_the_same_masks(
             assert instance.mask.any()
             assert _iou(instance.mask, onnx_tracks[instance.track_id].mask) >= MIN_MASK_IOU
         assert np.mean(torch_frame.panoptic == onnx_frame.panoptic) >= MIN_MASK_IOU
-    used = set(segmenters["onnx"].predictor.decoder_backend.paths)
+    used = set(segmenters["onnx"].engine.predictor.decoder_backend.paths)
     assert DecoderGraphKind(spatial=True, memory=True) in used
     assert any(kind.grounding for kind in used)
 

@@ -38,7 +38,8 @@ from ros_helpers import NodeProcess, ros_environment  # noqa: F401 (fixture)
 from std_msgs.msg import String
 
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.segmenter import SeemSegmenter, build_segmenter
+from seem_ros.engine.segmenter import build_segmenter
+from seem_ros.engine.session import Session
 from seem_ros.remote.client import ServerUnavailable
 from seem_ros.remote.wire import CONTENT_TYPE, WireError, encode_request
 from seem_ros.ros.conversions import array_to_image
@@ -134,7 +135,7 @@ def frame() -> np.ndarray:
     return cv2.resize(skimage.data.coffee(), (320, 240), interpolation=cv2.INTER_AREA)
 
 
-def _remote(server: Server, **settings: object) -> SeemSegmenter:
+def _remote(server: Server, **settings: object) -> Session:
     options = {"server_url": server.url, "remote_image_format": "png", "request_timeout": 30.0, **settings}
     return build_segmenter(SegmenterConfig(preset="focalt_tiny", backend="remote", **options))
 
@@ -180,7 +181,7 @@ def test_remote_tracks_like_a_local_model_across_replicas(
                 break
             shifted = np.roll(frame, 4 * index, axis=1)
             got, want = remote.process(shifted), local.process(shifted)
-            replicas.add(remote.predictor.last_replica)
+            replicas.add(remote.engine.predictor.last_replica)
             assert [i.track_id for i in got.instances] == [i.track_id for i in want.instances]
             for mine, theirs in zip(got.instances, want.instances, strict=True):
                 assert np.array_equal(mine.mask, theirs.mask)
@@ -231,7 +232,7 @@ def test_a_killed_replica_fails_its_frame_and_the_next_frames_are_served(
     remote.add_click(160, 120, True)
     remote.process(frame)
     (track,) = remote.tracks()
-    pid = int(re.search(r"pid (\d+)", remote.predictor.last_replica).group(1))
+    pid = int(re.search(r"pid (\d+)", remote.engine.predictor.last_replica).group(1))
     os.kill(pid, signal.SIGKILL)
     failures, served, pids = 0, 0, set()
     deadline = time.monotonic() + 90
@@ -244,7 +245,7 @@ def test_a_killed_replica_fails_its_frame_and_the_next_frames_are_served(
             time.sleep(0.2)
             continue
         served += 1
-        pids = {int(re.search(r"pid (\d+)", remote.predictor.last_replica).group(1))} | (pids - {pid})
+        pids = {int(re.search(r"pid (\d+)", remote.engine.predictor.last_replica).group(1))} | (pids - {pid})
         assert [i.track_id for i in result.instances if i.track_id] == [track.track_id]
     assert pid not in pids
 

@@ -116,7 +116,7 @@ def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(pho
     segmenter = build_segmenter(
         SegmenterConfig("focalt_tiny", device="cpu", random_weights=True, precision="bf16", short_side=64)
     )
-    assert isinstance(segmenter.predictor.image_encoder, TorchImageEncoder)
+    assert isinstance(segmenter.engine.predictor.image_encoder, TorchImageEncoder)
     assert segmenter.describe()["backend"] == "torch-bf16"
     result = segmenter.process(photo)
     assert result.panoptic.shape == photo.shape[:2]

@@ -2,7 +2,7 @@
 
 The tiny model's masks mean nothing, so these tests check the tracking mechanics: stable ids, refinement
 by clicks, the track limit, lost / dropped / re-acquired tracks, bounded memory over long streams, and
-the prompt calls of `SeemSegmenter`.
+the prompt calls of `Session`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 import torch
 from assets import MediaUnavailable, read_frames, tiny_reference_model, video_clip
 
+from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, MaskPrompt, ReferringImagePrompt, Target, TextPrompt
 from seem_ros.engine.results import FrameResult
-from seem_ros.engine.segmenter import SeemSegmenter
+from seem_ros.engine.session import Session, SessionSettings
 from seem_ros.engine.tracker import Tracker, fits_image, interior_point
 from seem_ros.engine.vocabulary_cache import SentenceEmbeddingCache, Vocabulary, VocabularyCache
 from seem_ros.model.seem import SEEM
@@ -76,7 +77,7 @@ def vocabulary_cache(model: SEEM) -> VocabularyCache:
 def make_segmenter(model: SEEM, tokenizer: ClipTokenizer, vocabulary_cache: VocabularyCache):
     """A segmenter set up as `build_segmenter` does, over the tiny model."""
 
-    def make(tracker: Tracker, short_side: int = FRAME_SIZE[1], generic: bool = True) -> SeemSegmenter:
+    def make(tracker: Tracker, short_side: int = FRAME_SIZE[1], generic: bool = True) -> Session:
         predictor = SeemPredictor(
             model,
             tokenizer,
@@ -85,7 +86,9 @@ def make_segmenter(model: SEEM, tokenizer: ClipTokenizer, vocabulary_cache: Voca
             panoptic=PanopticSettings(0.4, 0.8),
             vocabulary_cache=vocabulary_cache,
         )
-        return SeemSegmenter(predictor, tracker, generic=generic)
+        session = SeemEngine(predictor, SessionSettings(generic=generic)).open_session()
+        session.tracker = tracker
+        return session
 
     return make
 
@@ -99,7 +102,7 @@ def _live_tensors() -> int:
     return sum(issubclass(type(obj), torch.Tensor) for obj in gc.get_objects())
 
 
-def _events(segmenter: SeemSegmenter) -> list[tuple[int, str]]:
+def _events(segmenter: Session) -> list[tuple[int, str]]:
     return [(event.track_id, event.event) for event in segmenter.tracker.events]
 
 
@@ -225,16 +228,16 @@ def test_lost_track_is_reacquired(make_segmenter, frames: list[np.ndarray]) -> N
     assert _events(segmenter) == [(1, "dropped"), (2, "dropped")] and len(tracker) == 0
 
 
-def _check_bounded(segmenter: SeemSegmenter, max_tracks: int) -> None:
+def _check_bounded(segmenter: Session, max_tracks: int) -> None:
     """No list or dict of the tracker or the predictor grows with the number of frames."""
     tracker = segmenter.tracker
     assert len(tracker) <= max_tracks
     assert len(tracker.events) <= 2 * max_tracks + 1
     assert tracker._pending_events == []
-    assert len(segmenter.predictor._reference_tokens) <= 16
+    assert len(segmenter.engine.predictor._reference_tokens) <= 16
     for track in tracker:
         assert track.refinements == []
-        assert track.mask is None or track.mask.shape == segmenter.predictor.encoded.original_size
+        assert track.mask is None or track.mask.shape == segmenter.engine.predictor.encoded.original_size
 
 
 def test_memory_stays_bounded_over_a_long_stream(
@@ -245,7 +248,7 @@ def test_memory_stays_bounded_over_a_long_stream(
     max_tracks = 3
     tracker = Tracker(max_tracks=max_tracks, min_score=0.3, max_lost_frames=2)
     segmenter = make_segmenter(tracker, short_side=SMALL_FRAME_SIZE[1])
-    predictor = segmenter.predictor
+    predictor = segmenter.engine.predictor
     height, width = frames[0].shape[:2]
     cached_vocabularies = len(vocabulary_cache._memory)
     predictor.sentence_cache.max_sentences = 4
@@ -367,7 +370,7 @@ def test_referring_image_track(make_segmenter, frames: list[np.ndarray]) -> None
     for frame in frames[1:6]:
         tracked = _tracked(segmenter.process(frame))
         assert set(tracked) == {track_id} and tracked[track_id].prompt == "referring_image"
-    assert len(segmenter.predictor._reference_tokens) == 1, "reference tokens are computed once"
+    assert len(segmenter.engine.predictor._reference_tokens) == 1, "reference tokens are computed once"
 
 
 def test_interior_point() -> None:
@@ -407,7 +410,7 @@ def test_text_target_is_embedded_once(make_segmenter, frames: list[np.ndarray]) 
     """A tracked text's sentence goes through the text tower when it is given, not on every frame; the
     cached embedding decodes the same masks as embedding it afresh."""
     segmenter = make_segmenter(Tracker(max_tracks=2, min_score=0.0))
-    text_tower = segmenter.predictor.model.language_encoder.lang_encoder
+    text_tower = segmenter.engine.predictor.model.language_encoder.lang_encoder
     calls: list[int] = []
     hook = text_tower.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
     try:
@@ -416,14 +419,14 @@ def test_text_target_is_embedded_once(make_segmenter, frames: list[np.ndarray]) 
     finally:
         hook.remove()
     assert calls == [1], f"text tower calls (batch sizes) over 4 frames: {calls}"
-    assert len(segmenter.predictor.sentence_cache) == 1
+    assert len(segmenter.engine.predictor.sentence_cache) == 1
 
     uncached = make_segmenter(Tracker(max_tracks=2, min_score=0.0))
-    uncached.predictor.sentence_cache.max_sentences = 0
+    uncached.engine.predictor.sentence_cache.max_sentences = 0
     uncached.set_text_prompt("the cyclist")
     for frame, result in zip(frames[:4], cached, strict=True):
         again = uncached.process(frame)
-        assert len(uncached.predictor.sentence_cache) == 0
+        assert len(uncached.engine.predictor.sentence_cache) == 0
         assert np.array_equal(_tracked(again)[1].mask, _tracked(result)[1].mask)
         assert _tracked(again)[1].score == _tracked(result)[1].score
 

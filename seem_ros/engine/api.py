@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from seem_ros.engine.errors import InputError
 from seem_ros.engine.prompts import Target, VisualPrompt
 from seem_ros.engine.results import FrameResult
 from seem_ros.engine.settings import check_settings, setting
@@ -140,7 +141,7 @@ class TrackSummary:
     text: str = ""
 
 
-class TrackLimitError(ValueError):
+class TrackLimitError(InputError):
     """A new target was refused because `max_tracks` targets are already tracked."""
 
 
@@ -149,7 +150,8 @@ class FrameSegmenter(Protocol):
     """A stateful segmenter for a stream of images: prompts and tracks persist across `process` calls.
 
     Coordinates are pixels of the images given to `process`: x = column, y = row, origin top-left.
-    Methods raise ValueError with a readable message for invalid arguments; the state is then unchanged.
+    Methods raise `InputError` (a ValueError) with a readable message for invalid arguments; the state is
+    then unchanged.
     """
 
     def process(self, rgb: np.ndarray) -> FrameResult:

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from seem_ros.engine.errors import InputError
+
 
 @dataclass(frozen=True)
 class ResizeShortestSide:
@@ -46,21 +48,21 @@ class ResizeShortestSide:
 
 
 def validate_rgb(rgb: np.ndarray, max_pixels: int | None = None) -> None:
-    """Raise ValueError unless rgb is a non-empty (H, W, 3) uint8 array within max_pixels."""
+    """Raise InputError unless rgb is a non-empty (H, W, 3) uint8 array within max_pixels."""
     if not isinstance(rgb, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(rgb).__name__}")
+        raise InputError(f"image must be a numpy array, got {type(rgb).__name__}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"image must be HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
+        raise InputError(f"image must be HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
     if rgb.shape[0] < 8 or rgb.shape[1] < 8:
-        raise ValueError(f"image is too small: {rgb.shape[1]}x{rgb.shape[0]} pixels (at least 8x8)")
+        raise InputError(f"image is too small: {rgb.shape[1]}x{rgb.shape[0]} pixels (at least 8x8)")
     if max_pixels is not None and rgb.shape[0] * rgb.shape[1] > max_pixels:
-        raise ValueError(
+        raise InputError(
             f"image has {rgb.shape[0] * rgb.shape[1]} pixels, more than the limit {max_pixels}; "
             "raise max_image_pixels or send smaller images"
         )
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(InputError):
     """An image with more pixels than the limit."""
 
 
@@ -83,7 +85,7 @@ def decode_compressed(data: bytes, max_pixels: int | None = None, described_as: 
     """
     suffix = f", {described_as}" if described_as else ""
     if len(data) == 0:
-        raise ValueError(f"empty compressed image ({described_as or 'no data'})")
+        raise InputError(f"empty compressed image ({described_as or 'no data'})")
     if max_pixels is not None:
         try:
             with Image.open(io.BytesIO(data)) as header:
@@ -92,11 +94,11 @@ def decode_compressed(data: bytes, max_pixels: int | None = None, described_as: 
             message = f"compressed image{suffix} declares more than the limit {max_pixels} pixels ({error})"
             raise ImageTooLarge(message) from None
         except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise ValueError(
+            raise InputError(
                 f"could not read the size of a compressed image of {len(data)} bytes{suffix}: {error}"
             ) from None
         check_pixel_count(width, height, max_pixels)
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"could not decode compressed image of {len(data)} bytes{suffix}")
+        raise InputError(f"could not decode compressed image of {len(data)} bytes{suffix}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

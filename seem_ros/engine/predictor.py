@@ -117,6 +117,25 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class FrameRequest:
+    """What one stream asks of one frame: the image, its targets with their memory prompts (previous mask
+    logits or None, one per target), whether to segment it panoptically, and over which vocabulary (None =
+    the predictor's)."""
+
+    image: np.ndarray
+    targets: list[Target] = field(default_factory=list)
+    previous_logits: list[Tensor | None] = field(default_factory=list)
+    generic: bool = True
+    vocabulary: Vocabulary | None = None
+
+    @property
+    def generic_only(self) -> bool:
+        """Decoded with the object queries alone (no prompt tokens, no random draws): such frames of one
+        padded size and vocabulary can share a batched decoder pass."""
+        return not self.targets
+
+
 @dataclass(frozen=True)
 class PanopticSettings:
     """object_mask_threshold: class probability a query needs; overlap_threshold: visible fraction a
@@ -191,7 +210,7 @@ class SeemPredictor:
         self.vocabulary_cache = vocabulary_cache or VocabularyCache(model.language_encoder)
         self.sentence_cache = SentenceEmbeddingCache(model.language_encoder, tokenizer)
         self.vocabulary = vocabulary
-        self._class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
+        self.vocabulary_cache.embeddings(vocabulary)  # embedded now, not on the first frame
         self._encoded: EncodedImage | None = None
         self._reference_tokens: dict[int, tuple[ReferringImagePrompt, SpatialPromptTokens]] = {}
         self._encode_timings: dict[str, float] = {}
@@ -200,9 +219,16 @@ class SeemPredictor:
 
     # ------------------------------------------------------------------ state
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
-        """Switch the generic-segmentation vocabulary (embeddings cached per vocabulary)."""
-        self._class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
+        """Switch the default vocabulary of labels and panoptic segments."""
+        self.prepare_vocabulary(vocabulary)
         self.vocabulary = vocabulary
+
+    def prepare_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Embed a vocabulary's names now (cached per vocabulary), not on the first frame that needs them."""
+        self.vocabulary_cache.embeddings(vocabulary)
+
+    def describe(self) -> dict[str, str]:
+        return {"device": str(self.device), "vocabulary_size": str(len(self.vocabulary.names))}
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half_precision)
@@ -305,18 +331,14 @@ class SeemPredictor:
             torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ prompts
-    def _to_model_pixels(self, value: float, axis: int) -> float:
-        encoded = self.encoded
-        return value * encoded.image_size[axis] / encoded.original_size[axis]
-
-    def _check_inside(self, x: float, y: float) -> None:
-        height, width = self.encoded.original_size
+    @staticmethod
+    def _check_inside(encoded: EncodedImage, x: float, y: float) -> None:
+        height, width = encoded.original_size
         if not (0 <= x < width and 0 <= y < height):
             raise ValueError(f"prompt point ({x}, {y}) is outside the {width}x{height} image")
 
-    def _visual_masks(self, target: Target) -> tuple[Tensor, Tensor]:
+    def _visual_masks(self, encoded: EncodedImage, target: Target) -> tuple[Tensor, Tensor]:
         """(H', W') bool positive and negative prompt masks of a target's visual prompts."""
-        encoded = self.encoded
         height, width = encoded.original_size
         radius = max(1, round(self.click_radius * height / encoded.image_size[0]))
         shapes: dict[bool, list[PromptShape]] = {True: [], False: []}
@@ -324,16 +346,16 @@ class SeemPredictor:
         masks[False] = torch.zeros_like(masks[True])
         for prompt in target.visual:
             if isinstance(prompt, ClickPrompt):
-                self._check_inside(prompt.x, prompt.y)
+                self._check_inside(encoded, prompt.x, prompt.y)
                 shapes[prompt.positive].append(Disk(round(prompt.x), round(prompt.y), radius))
             elif isinstance(prompt, BoxPrompt):
-                self._check_inside(prompt.x_min, prompt.y_min)
-                self._check_inside(prompt.x_max, prompt.y_max)
+                self._check_inside(encoded, prompt.x_min, prompt.y_min)
+                self._check_inside(encoded, prompt.x_max, prompt.y_max)
                 centre = (round((prompt.x_min + prompt.x_max) / 2), round((prompt.y_min + prompt.y_max) / 2))
                 shapes[True].append(Disk(*centre, radius))
             elif isinstance(prompt, ScribblePrompt):
                 for x, y in prompt.points:
-                    self._check_inside(x, y)
+                    self._check_inside(encoded, x, y)
                 points = tuple((round(x), round(y)) for x, y in prompt.points)
                 shapes[prompt.positive].append(Stroke(points, max(1, round(prompt.width))))
             elif isinstance(prompt, MaskPrompt):
@@ -388,14 +410,18 @@ class SeemPredictor:
         previous_logits: Sequence[Tensor | None] | None = None,
         generic: bool = False,
         seed: int = 0,
+        vocabulary: Vocabulary | None = None,
     ) -> Prediction:
         """Answer every target (and optionally segment everything) on the current image in one pass.
 
         previous_logits: per target, the mask logits of the previous frame or round ((H'/4, W'/4), as in
             `TargetResult.mask_logits`) or None; visual targets with one get SEEM's memory prompt.
         generic: also run panoptic segmentation over the vocabulary.
+        vocabulary: the classes of labels and panoptic segments; None = `self.vocabulary`.
         """
         encoded = self.encoded
+        vocabulary = vocabulary or self.vocabulary
+        class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
         if previous_logits is not None and len(previous_logits) != len(targets):
             raise ValueError("previous_logits needs one entry (or None) per target")
         previous_logits = list(previous_logits) if previous_logits is not None else [None] * len(targets)
@@ -427,7 +453,7 @@ class SeemPredictor:
                 if target.reference is not None:
                     parts.append(self._reference(target.reference))
                 else:
-                    positive, negative = self._visual_masks(target)
+                    positive, negative = self._visual_masks(encoded, target)
                     parts.append(
                         self.model.encode_spatial_reference(
                             encoded.features, positive[None], negative[None], generator
@@ -449,7 +475,7 @@ class SeemPredictor:
         with self._autocast():
             output = decode(
                 encoded.features,
-                self._class_embeddings,
+                class_embeddings,
                 grounding=grounding,
                 spatial_tokens=spatial_tokens,
                 previous_masks=previous,
@@ -483,15 +509,111 @@ class SeemPredictor:
                 query = int(similarity[:, column].argmax())
                 chosen[i] = (final.grounding_masks[0, query], final.grounding_class_embeddings[0, query])
 
-        results = [self._target_result(targets[i], *chosen[i]) for i in range(len(targets))]
+        results = [
+            self._target_result(encoded, vocabulary, class_embeddings, targets[i], *chosen[i])
+            for i in range(len(targets))
+        ]
         generic_result = None
         if generic:
-            generic_result = self._generic(final.object_logits[0].float(), final.object_masks[0].float())
+            generic_result = self._generic(
+                encoded, vocabulary, final.object_logits[0].float(), final.object_masks[0].float()
+            )
         timings["postprocess"] = time.perf_counter() - start
         return Prediction(results, generic_result, timings)
 
-    def _target_result(self, target: Target, mask_logits: Tensor, class_embedding: Tensor) -> TargetResult:
-        encoded = self.encoded
+    @torch.inference_mode()
+    def predict_frames(self, requests: Sequence[FrameRequest]) -> list[Prediction | Exception]:
+        """Answer several streams' frames, in order; a frame that fails gets its exception, the others
+        their predictions.
+
+        Frames are encoded together where their padded model inputs agree in size (`encode_batch`);
+        frames that need only the object queries (`FrameRequest.generic_only`), of one padded size and
+        vocabulary, share one batched decoder pass where the decoder backend takes a batch. Prompted
+        frames are decoded one by one: their prompt-token counts and random draws are their own. Each
+        frame's answer equals the one it would get alone (the same work, batched).
+        """
+        answers: list[Prediction | Exception | None] = [None] * len(requests)
+        try:
+            encoded = self.encode_batch([request.image for request in requests])
+        except Exception as error:  # the batch shares one pass: every frame of it failed
+            return [error] * len(requests)
+        groups: dict[tuple[tuple[int, int], Vocabulary], list[int]] = {}
+        for index, request in enumerate(requests):
+            if request.generic_only and request.generic:
+                vocabulary = request.vocabulary or self.vocabulary
+                groups.setdefault((encoded[index][0].padded_size, vocabulary), []).append(index)
+        for members in groups.values():
+            if len(members) > 1 and self._decodes_batches(encoded[members[0]][0]):
+                try:
+                    batch = self._predict_generic_batch(
+                        [encoded[index] for index in members], requests[members[0]]
+                    )
+                except Exception as error:
+                    batch = [error] * len(members)
+                for index, answer in zip(members, batch, strict=True):
+                    answers[index] = answer
+        for index, request in enumerate(requests):
+            if answers[index] is not None:
+                continue
+            try:
+                self.set_encoded(*encoded[index])
+                answers[index] = self.predict(
+                    request.targets, request.previous_logits, request.generic, vocabulary=request.vocabulary
+                )
+            except Exception as error:
+                answers[index] = error
+        return [answer for answer in answers if answer is not None]
+
+    def _decodes_batches(self, encoded: EncodedImage) -> bool:
+        """Whether the decoder used for generic-only frames takes a batch of them."""
+        if self.decoder_backend is None:
+            return True
+        features = encoded.features
+        doubled = PixelFeatures(
+            mask_features=features.mask_features.expand(2, -1, -1, -1),
+            multi_scale_features=[level.expand(2, -1, -1, -1) for level in features.multi_scale_features],
+        )
+        return self.decoder_backend.supports(doubled)
+
+    def _predict_generic_batch(
+        self, members: Sequence[tuple[EncodedImage, dict[str, float]]], request: FrameRequest
+    ) -> list[Prediction]:
+        """Panoptic segmentation of several frames of one padded size in one decoder pass."""
+        vocabulary = request.vocabulary or self.vocabulary
+        class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
+        features = PixelFeatures(
+            mask_features=torch.cat([encoded.features.mask_features for encoded, _ in members]),
+            multi_scale_features=[
+                torch.cat([encoded.features.multi_scale_features[level] for encoded, _ in members])
+                for level in range(len(members[0][0].features.multi_scale_features))
+            ],
+        )
+        start = time.perf_counter()
+        decode = self.decoder_backend if self.decoder_backend is not None else self.model.decode
+        with self._autocast():
+            output = decode(features, class_embeddings)
+        self._synchronize()
+        decoder_seconds = time.perf_counter() - start
+        final = output.final
+        predictions = []
+        for row, (encoded, timings) in enumerate(members):
+            start = time.perf_counter()
+            generic = self._generic(
+                encoded, vocabulary, final.object_logits[row].float(), final.object_masks[row].float()
+            )
+            stages = {**timings, "decoder": decoder_seconds, "postprocess": time.perf_counter() - start}
+            predictions.append(Prediction([], generic, stages))
+        return predictions
+
+    def _target_result(
+        self,
+        encoded: EncodedImage,
+        vocabulary: Vocabulary,
+        class_embeddings: Tensor,
+        target: Target,
+        mask_logits: Tensor,
+        class_embedding: Tensor,
+    ) -> TargetResult:
         mask_logits = mask_logits.float()
         full = resize_mask_logits(
             mask_logits[None], encoded.padded_size, encoded.image_size, encoded.original_size, "bilinear"
@@ -509,25 +631,24 @@ class SeemPredictor:
         score = float(mask_logits.sigmoid()[inside].mean()) if inside.any() else 0.0
         if not mask.any():
             score = 0.0
-        logits = self.model.language_encoder.similarity(
-            class_embedding.float()[None, None], self._class_embeddings
-        )
+        logits = self.model.language_encoder.similarity(class_embedding.float()[None, None], class_embeddings)
         probabilities = logits[0, 0].softmax(-1)[:-1]
         class_id = int(probabilities.argmax())
         return TargetResult(
             mask=mask,
             mask_logits=mask_logits.detach().cpu(),
             score=score,
-            label=self.vocabulary.names[class_id],
+            label=vocabulary.names[class_id],
             class_id=class_id,
             class_probability=float(probabilities[class_id]),
         )
 
-    def _generic(self, class_logits: Tensor, mask_logits: Tensor) -> GenericResult:
+    def _generic(
+        self, encoded: EncodedImage, vocabulary: Vocabulary, class_logits: Tensor, mask_logits: Tensor
+    ) -> GenericResult:
         """Panoptic segmentation as the official demo computes it at the model input size, resizing only
         the queries that pass the class threshold (the others never reach a segment), then the id map
         to the original size (nearest)."""
-        encoded = self.encoded
         probabilities = class_logits.softmax(-1)
         scores, labels = probabilities.max(-1)
         background = class_logits.shape[-1] - 1
@@ -542,7 +663,7 @@ class SeemPredictor:
         panoptic = panoptic_inference(
             class_logits[kept],
             resized,
-            self.vocabulary.thing_class_ids,
+            vocabulary.thing_class_ids,
             self.panoptic.object_mask_threshold,
             self.panoptic.overlap_threshold,
             self.mask_threshold,
@@ -564,7 +685,7 @@ class SeemPredictor:
                 GenericSegment(
                     segment_id=segment.segment_id,
                     class_id=segment.category_id,
-                    label=self.vocabulary.names[segment.category_id],
+                    label=vocabulary.names[segment.category_id],
                     is_thing=segment.is_thing,
                     score=float(scores[source].max()),
                     area=int(areas[segment.segment_id]),

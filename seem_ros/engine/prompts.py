@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from seem_ros.engine.errors import InputError
+
 MAX_TEXT_CHARACTERS = 1000
 
 
 def _check_finite(**values: float) -> None:
     for name, value in values.items():
         if not isinstance(value, int | float) or not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number of pixels, got {value!r}")
+            raise InputError(f"{name} must be a finite number of pixels, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,15 @@ class TextPrompt:
 
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
-            raise ValueError(f"text prompt must be a string, got {type(self.text).__name__}")
+            raise InputError(f"text prompt must be a string, got {type(self.text).__name__}")
         if not self.text.strip():
-            raise ValueError("text prompt is empty; say what to segment, e.g. 'the red cup'")
+            raise InputError("text prompt is empty; say what to segment, e.g. 'the red cup'")
         if len(self.text) > MAX_TEXT_CHARACTERS:
-            raise ValueError(
+            raise InputError(
                 f"text prompt has {len(self.text)} characters; the limit is {MAX_TEXT_CHARACTERS}"
             )
         if "\x00" in self.text:
-            raise ValueError("text prompt contains a NUL character")
+            raise InputError("text prompt contains a NUL character")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class BoxPrompt:
     def __post_init__(self) -> None:
         _check_finite(x_min=self.x_min, y_min=self.y_min, x_max=self.x_max, y_max=self.y_max)
         if self.x_max < self.x_min or self.y_max < self.y_min:
-            raise ValueError(
+            raise InputError(
                 f"box must have x_min <= x_max and y_min <= y_max, got "
                 f"({self.x_min}, {self.y_min}, {self.x_max}, {self.y_max})"
             )
@@ -84,12 +86,12 @@ class ScribblePrompt:
 
     def __post_init__(self) -> None:
         if len(self.points) == 0:
-            raise ValueError("scribble needs at least one (x, y) point")
+            raise InputError("scribble needs at least one (x, y) point")
         for x, y in self.points:
             _check_finite(x=x, y=y)
         _check_finite(width=self.width)
         if self.width < 1:
-            raise ValueError(f"scribble width must be >= 1 pixel, got {self.width}")
+            raise InputError(f"scribble width must be >= 1 pixel, got {self.width}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,9 +103,9 @@ class MaskPrompt:
 
     def __post_init__(self) -> None:
         if not isinstance(self.mask, np.ndarray) or self.mask.ndim != 2:
-            raise ValueError(f"mask prompt must be an (H, W) array, got {getattr(self.mask, 'shape', None)}")
+            raise InputError(f"mask prompt must be an (H, W) array, got {getattr(self.mask, 'shape', None)}")
         if not self.mask.any():
-            raise ValueError("mask prompt is empty: no pixel is set")
+            raise InputError("mask prompt is empty: no pixel is set")
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,15 +117,15 @@ class ReferringImagePrompt:
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
-            raise ValueError(
+            raise InputError(
                 f"referring image must be HxWx3 uint8 RGB, got {self.image.shape} {self.image.dtype}"
             )
         if self.mask.shape != self.image.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 f"referring mask must match its image size {self.image.shape[:2]}, got {self.mask.shape}"
             )
         if not self.mask.any():
-            raise ValueError("referring mask is empty: no pixel is set")
+            raise InputError("referring mask is empty: no pixel is set")
 
 
 VisualPrompt = ClickPrompt | BoxPrompt | ScribblePrompt | MaskPrompt
@@ -144,11 +146,11 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.text is None and not self.visual and self.reference is None:
-            raise ValueError("a target needs a text, visual or referring-image prompt")
+            raise InputError("a target needs a text, visual or referring-image prompt")
         if self.reference is not None and self.visual:
-            raise ValueError("a referring-image target cannot also have visual prompts on this image")
+            raise InputError("a referring-image target cannot also have visual prompts on this image")
         if self.visual and not any(getattr(prompt, "positive", True) for prompt in self.visual):
-            raise ValueError("visual prompts need at least one positive click, box, scribble or mask")
+            raise InputError("visual prompts need at least one positive click, box, scribble or mask")
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,7 @@ paper's multi-round interaction) instead of creating a new one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -27,7 +27,7 @@ import numpy as np
 from torch import Tensor
 
 from seem_ros.engine.api import TrackLimitError
-from seem_ros.engine.predictor import Prediction, SeemPredictor
+from seem_ros.engine.predictor import TargetResult
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, ScribblePrompt, Target, VisualPrompt
 
 
@@ -67,6 +67,22 @@ class Track:
 
 
 @dataclass
+class PlannedTrack:
+    """A track as one frame decodes it: its target (anchor plus new refinements) and memory prompt
+    (previous mask logits, None for a text-only target or a first frame)."""
+
+    track: Track
+    target: Target
+    previous_logits: Tensor | None
+    anchor: Target = field(init=False)
+    refinement_count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.anchor = self.track.anchor
+        self.refinement_count = len(self.track.refinements)
+
+
+@dataclass
 class TrackEvent:
     """What happened to a track on a frame: "created", "lost", "reacquired", "dropped" or "refined"."""
 
@@ -101,7 +117,8 @@ def fits_image(target: Target, size: tuple[int, int]) -> bool:
 
 
 class Tracker:
-    """Keeps tracks and decodes them frame after frame.
+    """Keeps tracks and their memory; says what to decode on a frame (`plan`) and takes the results
+    (`update`). It never runs the model.
 
     Args:
         max_tracks: most tracks at once; adding more raises ValueError.
@@ -208,25 +225,30 @@ class Tracker:
                 return track.anchor
         return track.anchor
 
-    def step(self, predictor: SeemPredictor, generic: bool = False) -> Prediction:
-        """Decode every track on the predictor's current image (one decoder pass) and update them.
-
-        Returns the prediction; `prediction.targets[i]` belongs to the i-th track in iteration order
-        after `prepare` (call it first to know that order). Afterwards `events` lists what happened since
-        the previous step.
-        """
-        self.prepare(predictor.encoded.original_size)
+    def plan(self, size: tuple[int, int]) -> list[PlannedTrack]:
+        """What to decode on the next image, of size (H, W): each track with its target and memory prompt,
+        in track order. Afterwards `events` lists what happened since the previous frame (so far)."""
+        self.prepare(size)
         self.events, self._pending_events = self._pending_events, []
-        tracks = list(self._tracks.values())
-        targets = [self._frame_target(track) for track in tracks]
-        previous = [
-            track.mask_logits if (t.visual or t.reference is not None) else None
-            for track, t in zip(tracks, targets, strict=True)
-        ]
-        prediction = predictor.predict(targets, previous_logits=previous, generic=generic)
-        for track, target, result in zip(tracks, targets, prediction.targets, strict=True):
+        planned = []
+        for track in self._tracks.values():
+            target = self._frame_target(track)
+            visual = bool(target.visual) or target.reference is not None
+            planned.append(PlannedTrack(track, target, track.mask_logits if visual else None))
+        return planned
+
+    def update(self, planned: Sequence[PlannedTrack], results: Sequence[TargetResult]) -> list[Track]:
+        """Take the decoded results of `plan`'s tracks (one each, in order). Tracks removed or restarted
+        since `plan` are left alone. Returns the tracks seen on this frame (neither lost nor dropped)."""
+        if len(results) != len(planned):
+            raise ValueError(f"{len(results)} results for {len(planned)} planned tracks")
+        seen = []
+        for item, result in zip(planned, results, strict=True):
+            track = item.track
+            if self._tracks.get(track.track_id) is not track or track.anchor is not item.anchor:
+                continue
             good = result.score >= self.min_score and int(result.mask.sum()) >= self.min_mask_pixels
-            track.refinements = []
+            track.refinements = track.refinements[item.refinement_count :]
             if good:
                 if track.lost_frames > 0:
                     self.events.append(TrackEvent(track.track_id, "reacquired"))
@@ -235,7 +257,8 @@ class Tracker:
                 track.mask = result.mask
                 track.mask_logits = result.mask_logits
                 track.label, track.class_id, track.score = result.label, result.class_id, result.score
-                track.anchor = self._carried_forward(track, target, result.mask)
+                track.anchor = self._carried_forward(track, item.target, result.mask)
+                seen.append(track)
             else:
                 if track.lost_frames == 0:
                     self.events.append(TrackEvent(track.track_id, "lost"))
@@ -244,7 +267,7 @@ class Tracker:
                 if track.lost_frames > self.max_lost_frames:
                     self.events.append(TrackEvent(track.track_id, "dropped"))
                     del self._tracks[track.track_id]
-        return prediction
+        return seen
 
     @staticmethod
     def _carried_forward(track: Track, target: Target, mask: np.ndarray) -> Target:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from seem_ros.cache import default_cache_dir
+from seem_ros.engine.errors import InputError
 from seem_ros.model.language import LanguageEncoder
 from seem_ros.model.tokenizer import ClipTokenizer
 from seem_ros.model.vocabulary import (
@@ -41,16 +42,16 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         if len(self.names) == 0:
-            raise ValueError("vocabulary needs at least one class name")
+            raise InputError("a vocabulary needs a non-empty list of class names")
         if len(self.names) > MAX_VOCABULARY_SIZE:
-            raise ValueError(f"vocabulary has {len(self.names)} names; the limit is {MAX_VOCABULARY_SIZE}")
+            raise InputError(f"vocabulary has {len(self.names)} names; the limit is {MAX_VOCABULARY_SIZE}")
         if len(self.is_thing) != len(self.names):
-            raise ValueError("is_thing needs one flag per class name")
+            raise InputError("is_thing needs one flag per class name")
         for name in self.names:
             if not isinstance(name, str) or not name.strip():
-                raise ValueError(f"class names must be non-empty strings, got {name!r}")
+                raise InputError(f"class names must be non-empty strings, got {name!r}")
         if len(set(self.names)) != len(self.names):
-            raise ValueError("class names must be unique")
+            raise InputError("class names must be unique")
 
     @classmethod
     def from_names(cls, names: Sequence[str], thing_names: Sequence[str] = ()) -> Vocabulary:
@@ -58,7 +59,7 @@ class Vocabulary:
         names = tuple(name.strip() for name in names)
         unknown = set(thing_names) - set(names)
         if unknown:
-            raise ValueError(f"thing names {sorted(unknown)} are not in the vocabulary")
+            raise InputError(f"thing names {sorted(unknown)} are not in the vocabulary")
         things = set(thing_names) if thing_names else set(names)
         return cls(names, tuple(name in things for name in names))
 

@@ -1,10 +1,10 @@
 """The client side: a predictor whose model runs on a seem_ros server (`seem-ros serve`). No ROS imports.
 
-`RemotePredictor` offers what `SeemSegmenter` and its `Tracker` use of a `SeemPredictor` (set_image,
-predict, vocabulary, tokenizer), so tracking, prompts, commands and results work exactly as with a local
-model. Tracking state lives here, in the client: every request carries the targets and their memory
-prompts (the previous frame's mask logits), and the server keeps nothing per client, so any replica can
-answer any frame and a restarted replica loses nothing.
+`RemotePredictor` offers what a `SeemEngine` needs of a predictor (`predict_frames`, vocabulary,
+tokenizer), so sessions, tracking, prompts, commands and results work exactly as with a local model.
+Tracking state lives here, in the client: every request carries the targets and their memory prompts (the
+previous frame's mask logits), and the server keeps nothing per client, so any replica can answer any
+frame and a restarted replica loses nothing.
 
 Faults: an unreachable server or a timed-out request raises `ServerUnavailable`; after such a failure no
 request is sent until a back-off delay has passed (0.5 s, doubling to 8 s, reset by the next answer), so a
@@ -20,14 +20,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from torch import Tensor
-
-from seem_ros.engine.predictor import Prediction
-from seem_ros.engine.prompts import Target
+from seem_ros.engine.predictor import FrameRequest, Prediction
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary
 from seem_ros.model.tokenizer import ClipTokenizer
 from seem_ros.remote.wire import CONTENT_TYPE, WireError, decode_reply, encode_request
@@ -100,15 +95,8 @@ class ServerClient:
         self._retry_at = time.monotonic() + delay
 
 
-@dataclass
-class RemoteImage:
-    """What `Tracker` reads of the current image: its size (H, W)."""
-
-    original_size: tuple[int, int]
-
-
 class RemotePredictor:
-    """The `SeemPredictor` interface of a segmenter, answered by a server.
+    """A predictor answered by a server (what `SeemEngine` calls; see `seem_ros.engine.engine`).
 
     client: the server connection. tokenizer: for checking text length here (the server embeds).
     vocabulary: the vocabulary to ask for; None = the server's own (its names come back with each reply).
@@ -133,56 +121,52 @@ class RemotePredictor:
         self.vocabulary = vocabulary or COCO_PANOPTIC
         self.last_replica = ""
         self.last_batch_size = 0
-        self._rgb: np.ndarray | None = None
-        self._stamp = 0.0
 
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Ask for this vocabulary when a frame's request names none."""
         self._requested = vocabulary
         self.vocabulary = vocabulary
 
-    def set_image(self, rgb: np.ndarray) -> None:
-        self._rgb = rgb
-        self._stamp = time.time()
+    def prepare_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Nothing to prepare here: the server embeds a vocabulary when a request first names it."""
 
-    def reset_image(self) -> None:
-        self._rgb = None
+    def describe(self) -> dict[str, str]:
+        return {"device": self.device, "replica": self.last_replica}
 
-    @property
-    def encoded(self) -> RemoteImage:
-        if self._rgb is None:
-            raise RuntimeError("no image is set: call set_image(rgb) before predict()")
-        return RemoteImage(self._rgb.shape[:2])
+    def predict_frames(self, requests: Sequence[FrameRequest]) -> list[Prediction | Exception]:
+        """One request to the server per frame (the server batches across clients); a frame that fails
+        gets its exception (`ServerUnavailable`, `WireError`)."""
+        answers: list[Prediction | Exception] = []
+        for request in requests:
+            try:
+                answers.append(self._predict(request))
+            except Exception as error:
+                answers.append(error)
+        return answers
 
-    def predict(
-        self,
-        targets: Sequence[Target] = (),
-        previous_logits: Sequence[Tensor | None] | None = None,
-        generic: bool = False,
-    ) -> Prediction:
-        """One request to the server: the current frame, the targets with their memory prompts."""
-        if self._rgb is None:
-            raise RuntimeError("no image is set: call set_image(rgb) before predict()")
-        previous = list(previous_logits) if previous_logits is not None else [None] * len(targets)
-        vocabulary = None
-        if self._requested is not None:
-            things = tuple(
-                n for n, thing in zip(self._requested.names, self._requested.is_thing, strict=True) if thing
-            )
-            vocabulary = (self._requested.names, things)
+    def _predict(self, request: FrameRequest) -> Prediction:
+        """The frame, the targets with their memory prompts, the vocabulary; the server's answer."""
+        vocabulary = request.vocabulary or self._requested
+        names = None
+        if vocabulary is not None:
+            things = tuple(n for n, thing in zip(vocabulary.names, vocabulary.is_thing, strict=True) if thing)
+            names = (vocabulary.names, things)
         body = encode_request(
-            self._rgb,
-            list(targets),
-            [None if logits is None else logits.detach().cpu().numpy() for logits in previous],
-            generic,
-            vocabulary=vocabulary,
+            request.image,
+            list(request.targets),
+            [None if logits is None else logits.detach().cpu().numpy() for logits in request.previous_logits],
+            request.generic,
+            vocabulary=names,
             session=self.session,
-            stamp=self._stamp,
+            stamp=time.time(),
             image_format=self.image_format,
         )
         reply = decode_reply(self.client.post(body))
-        if len(reply.prediction.targets) != len(targets):
-            raise WireError(f"the server answered {len(reply.prediction.targets)} targets for {len(targets)}")
-        if self._requested is None:
+        if len(reply.prediction.targets) != len(request.targets):
+            raise WireError(
+                f"the server answered {len(reply.prediction.targets)} targets for {len(request.targets)}"
+            )
+        if vocabulary is None:
             self.vocabulary = reply.vocabulary
         self.last_replica, self.last_batch_size = reply.replica, reply.batch_size
         return reply.prediction

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.predictor import EncodedImage, Prediction
+from seem_ros.engine.predictor import FrameRequest
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.remote.wire import (
-    FrameRequest,
+    RemoteRequest,
     WireError,
     WireLimits,
     decode_request,
@@ -48,13 +48,12 @@ class ServerEngine:
     """
 
     def __init__(self, config: SegmenterConfig, limits: WireLimits | None = None, replica: str = "") -> None:
-        from seem_ros.engine.segmenter import build_segmenter
+        from seem_ros.engine.segmenter import build_predictor
 
         if config.backend == "remote":
             raise ValueError("a server replica runs the model itself: use backend torch or onnx")
         self.limits = limits or WireLimits(max_image_pixels=config.max_image_pixels)
-        self.predictor = build_segmenter(config).predictor
-        self.default_vocabulary = self.predictor.vocabulary
+        self.predictor, _ = build_predictor(config)
         self.replica = replica or f"pid {os.getpid()}"
         self._lock = threading.Lock()
 
@@ -63,53 +62,41 @@ class ServerEngine:
         return self.handle_batch([body])[0]
 
     def handle_batch(self, bodies: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        """(HTTP status, reply body) per request body, in order; never raises. The frames of the requests
-        that decode are encoded together (`SeemPredictor.encode_batch`: one image-encoder pass per padded
-        size), then each request's targets are decoded on its own frame."""
+        """(HTTP status, reply body) per request body, in order; never raises. The requests that decode
+        are answered together (`SeemPredictor.predict_frames`: frames of one padded size share the image
+        encoder, frames without targets the decoder); a request that fails, fails alone."""
         replies: dict[int, tuple[int, bytes]] = {}
         requests: dict[int, FrameRequest] = {}
         for index, body in enumerate(bodies):
             try:
-                requests[index] = decode_request(body, self.limits)
-            except WireError as error:
-                replies[index] = _refusal(error)
+                requests[index] = self._frame_request(decode_request(body, self.limits))
+            except ValueError as error:  # WireError, or an InputError of the vocabulary
+                replies[index] = _refusal(error if isinstance(error, WireError) else WireError(str(error)))
         with self._lock:
-            try:
-                encoded = self.predictor.encode_batch([request.rgb for request in requests.values()])
-            except Exception as error:  # a failed pass must not take the replica down
-                LOGGER.exception("image encoder failed")
-                encoded = []
-                replies |= {index: _failure(error) for index in requests}
-            for (index, request), (image, timings) in zip(requests.items(), encoded, strict=False):
-                try:
-                    prediction, vocabulary = self._predict(request, image, timings)
-                    replies[index] = (200, encode_reply(prediction, vocabulary, self.replica, len(bodies)))
-                except ValueError as error:
-                    replies[index] = _refusal(WireError(str(error)))
-                except Exception as error:  # one failed frame must not fail the others or the replica
-                    LOGGER.exception("inference failed")
-                    replies[index] = _failure(error)
+            answers = self.predictor.predict_frames(list(requests.values()))
+        for (index, request), answer in zip(requests.items(), answers, strict=True):
+            if isinstance(answer, ValueError):
+                replies[index] = _refusal(WireError(str(answer)))
+            elif isinstance(answer, Exception):  # one failed frame must not fail the others or the replica
+                LOGGER.error("inference failed", exc_info=answer)
+                replies[index] = _failure(answer)
+            else:
+                vocabulary = request.vocabulary or self.predictor.vocabulary
+                replies[index] = (200, encode_reply(answer, vocabulary, self.replica, len(bodies)))
         return [replies[index] for index in range(len(bodies))]
 
-    def _predict(
-        self, request: FrameRequest, image: EncodedImage, timings: dict[str, float]
-    ) -> tuple[Prediction, Vocabulary]:
-        vocabulary = self.default_vocabulary
-        if request.vocabulary is not None:
-            vocabulary = Vocabulary.from_names(*request.vocabulary)
-        if vocabulary != self.predictor.vocabulary:
-            self.predictor.set_vocabulary(vocabulary)
-        self.predictor.set_encoded(image, timings)
-        previous = [
-            None if logits is None else torch.from_numpy(logits) for logits in request.previous_logits
-        ]
-        try:
-            prediction = self.predictor.predict(
-                request.targets, previous_logits=previous, generic=request.generic
-            )
-        finally:
-            self.predictor.reset_image()
-        return prediction, vocabulary
+    @staticmethod
+    def _frame_request(request: RemoteRequest) -> FrameRequest:
+        """What the predictor decodes for a request (its vocabulary None = the replica's own)."""
+        return FrameRequest(
+            image=request.rgb,
+            targets=request.targets,
+            previous_logits=[
+                None if logits is None else torch.from_numpy(logits) for logits in request.previous_logits
+            ],
+            generic=request.generic,
+            vocabulary=Vocabulary.from_names(*request.vocabulary) if request.vocabulary is not None else None,
+        )
 
 
 def _refusal(error: WireError) -> tuple[int, bytes]:

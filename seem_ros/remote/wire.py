@@ -81,7 +81,7 @@ class WireLimits:
 
 
 @dataclass
-class FrameRequest:
+class RemoteRequest:
     """A decoded request: the frame, what to decode on it and against which vocabulary."""
 
     rgb: np.ndarray
@@ -252,7 +252,7 @@ def _pack_visual(prompt: VisualPrompt) -> dict[str, Any]:
     raise TypeError(f"no wire form for {type(prompt).__name__}")
 
 
-def decode_request(body: bytes, limits: WireLimits) -> FrameRequest:
+def decode_request(body: bytes, limits: WireLimits) -> RemoteRequest:
     """Check and decode a request body; raises WireError naming what is wrong."""
     if len(body) > limits.max_request_bytes:
         raise WireError(f"request of {len(body)} bytes, more than {limits.max_request_bytes}", "too_large")
@@ -279,7 +279,7 @@ def decode_request(body: bytes, limits: WireLimits) -> FrameRequest:
         raise WireError("session must be a string of at most 256 characters")
     if not isinstance(stamp, int | float) or not math.isfinite(stamp):
         raise WireError("stamp must be a finite number")
-    return FrameRequest(
+    return RemoteRequest(
         rgb=rgb,
         targets=targets,
         previous_logits=previous,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.settings import SettingSpec, declared_settings
 
 ParameterValue = bool | int | float | str | list[str]
+CAMERA_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]*"
 
 
 class ParameterSpec(SettingSpec):
@@ -80,12 +82,34 @@ ENGINE_PARAMETERS: tuple[ParameterSpec, ...] = tuple(
 """The engine's settings (SegmenterConfig), in its field order."""
 
 NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
+    # Lifecycle and cameras
+    ParameterSpec(
+        "autostart",
+        True,
+        "Configure and activate at start; false = wait for lifecycle transitions (ros2 lifecycle set "
+        "<node> configure, then activate).",
+    ),
+    ParameterSpec(
+        "cameras",
+        [],
+        "Camera namespaces served by one model, each with its own inputs, prompts, tracks, outputs and "
+        "services under it ([front, wrist]: front/image, front/prompt, front/instances, ...; the node's "
+        "own prompt topic takes commands naming a camera); empty = one camera on the plain names (image, "
+        "prompt, instances, ...).",
+    ),
+    ParameterSpec(
+        "max_batch_cameras",
+        4,
+        "Most cameras whose frames one inference step takes (the longest-waiting first; frames of one size "
+        "share a batched pass).",
+        int_range=(1, 64),
+    ),
     # Input
     ParameterSpec(
         "camera_name",
         "",
-        "Name operators give this camera in commands ('in the front camera find the cup'); empty = the first "
-        "part of the resolved image topic (/front/image_raw: front).",
+        "Without cameras: the name operators give the camera in commands ('in the front camera find the "
+        "cup'); empty = the first part of the resolved image topic (/front/image_raw: front).",
     ),
     ParameterSpec(
         "compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."
@@ -150,6 +174,9 @@ class NodeSettings:
     name (same names as NODE_PARAMETERS)."""
 
     segmenter: SegmenterConfig
+    autostart: bool
+    cameras: tuple[str, ...]
+    max_batch_cameras: int
     camera_name: str
     compressed: bool
     max_rate: float
@@ -200,7 +227,21 @@ def declare_and_read(node: Node) -> NodeSettings:
     except ValueError as error:
         raise ParameterError(f"parameters of the segmenter: {error}") from error
     node_values = {spec.name: values[spec.name] for spec in NODE_PARAMETERS}
+    check_camera_names(node_values["cameras"])
     return NodeSettings(segmenter=segmenter, **node_values)
+
+
+def check_camera_names(cameras: Sequence[str]) -> None:
+    """Raise ParameterError unless every camera name is a distinct ROS name token (a namespace)."""
+    for name in cameras:
+        if not re.fullmatch(CAMERA_NAME_PATTERN, name):
+            raise ParameterError(
+                f"parameter 'cameras': {name!r} is not a namespace name (letters, digits and '_', "
+                "starting with a letter)"
+            )
+    repeated = sorted({name for name in cameras if cameras.count(name) > 1})
+    if repeated:
+        raise ParameterError(f"parameter 'cameras' names {', '.join(repeated)} more than once")
 
 
 # ------------------------------------------------------------------------------------------------ documents

@@ -1,0 +1,124 @@
+"""`SeemEngine`: one model serving several streams (cameras), each a `Session`.
+
+    engine = build_engine(config)
+    front, wrist = engine.open_session("front"), engine.open_session("wrist")
+    front.set_text_prompt("the red cup")
+    results = engine.step([(front, front_rgb), (wrist, wrist_rgb)])   # one FrameResult (or error) each
+
+A step plans every stream's frame (its session checks the image and says what to decode), hands all
+requests to the predictor at once (which batches what it can: see `SeemPredictor.predict_frames`), and
+gives each session its answer. The model runs one step (or one `segment_once`) at a time; prompts may
+arrive on other threads meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from seem_ros.engine.errors import InputError
+from seem_ros.engine.predictor import FrameRequest, Prediction
+from seem_ros.engine.results import FrameResult
+from seem_ros.engine.session import FramePlan, Session, SessionSettings
+from seem_ros.engine.vocabulary_cache import Vocabulary
+from seem_ros.model.tokenizer import ClipTokenizer
+
+
+class FramePredictor(Protocol):
+    """What the engine needs of a predictor: a local `SeemPredictor` or a server's `RemotePredictor`."""
+
+    tokenizer: ClipTokenizer
+    vocabulary: Vocabulary
+
+    def predict_frames(self, requests: Sequence[FrameRequest]) -> list[Prediction | Exception]:
+        """One answer per request, in order: a prediction, or the exception that frame failed with."""
+        ...
+
+    def prepare_vocabulary(self, vocabulary: Vocabulary) -> None:
+        """Make a vocabulary ready for the next frames (e.g. embed its names now)."""
+        ...
+
+    def describe(self) -> dict[str, str]:
+        """Facts for logs: at least "device"."""
+        ...
+
+
+class SeemEngine:
+    """Sessions over one shared predictor.
+
+    predictor: decodes the frames. settings: each new session's settings. description: facts for logs
+    and diagnostics (model, weights, backend, start-up phases).
+    """
+
+    def __init__(
+        self, predictor: FramePredictor, settings: SessionSettings, description: dict[str, str] | None = None
+    ) -> None:
+        self.predictor = predictor
+        self.settings = settings
+        self._description = dict(description or {})
+        self._sessions: dict[str, Session] = {}
+        self._model_lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        return self.predictor.tokenizer
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The vocabulary of sessions that have not chosen their own."""
+        return self.predictor.vocabulary
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The open sessions by name, in opening order."""
+        return dict(self._sessions)
+
+    def open_session(self, name: str = "") -> Session:
+        """A new stream's session; raises InputError if one of that name is open."""
+        if name in self._sessions:
+            raise InputError(f"a session named {name!r} is already open")
+        session = Session(self, name, self.settings)
+        self._sessions[name] = session
+        return session
+
+    def close_session(self, name: str) -> None:
+        """Forget a stream: its prompts, tracks and vocabulary choice."""
+        self._sessions.pop(name, None)
+
+    def prepare_vocabulary(self, vocabulary: Vocabulary) -> None:
+        with self._model_lock:
+            self.predictor.prepare_vocabulary(vocabulary)
+
+    def step(self, frames: Sequence[tuple[Session, np.ndarray]]) -> list[FrameResult | Exception]:
+        """Segment one frame of each given session, together. Returns, per frame in order, its result or
+        the exception it failed with (`InputError` for a bad image); one bad frame fails alone."""
+        outcomes: list[FrameResult | Exception | None] = [None] * len(frames)
+        plans: list[tuple[int, FramePlan]] = []
+        for index, (session, rgb) in enumerate(frames):
+            try:
+                plans.append((index, session.plan_frame(rgb)))
+            except InputError as error:
+                outcomes[index] = error
+        if plans:
+            with self._model_lock:
+                answers = self.predictor.predict_frames([plan.request for _, plan in plans])
+            for (index, plan), answer in zip(plans, answers, strict=True):
+                session = frames[index][0]
+                outcomes[index] = (
+                    answer if isinstance(answer, Exception) else session.finish_frame(plan, answer)
+                )
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def predict(self, request: FrameRequest) -> Prediction:
+        """One frame outside any stream (e.g. `Session.segment_once`); raises what it failed with."""
+        with self._model_lock:
+            answer = self.predictor.predict_frames([request])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def describe(self) -> dict[str, str]:
+        return {**self._description, **self.predictor.describe(), "sessions": str(len(self._sessions))}

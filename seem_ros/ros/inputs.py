@@ -1,0 +1,344 @@
+"""seem_node's inputs: the newest frame of every camera (and which camera is served next), and one camera's
+subscriptions and services, which hand prompts to its engine session.
+
+Every check of a prompt's content happens in the engine (`seem_ros.engine.session.Session`); here messages
+are only converted, and the engine's `InputError` becomes a log line and a counter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import PointStamped, PolygonStamped
+from rclpy.callback_groups import CallbackGroup
+from rclpy.lifecycle import LifecycleNode
+from rclpy.qos import QoSProfile
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+
+from seem_ros.engine.prompts import ReferringImagePrompt, ScribblePrompt, Target
+from seem_ros.engine.session import Session
+from seem_ros.ros.conversions import frame_result_to_msg, image_to_array, image_to_rgb, project_point
+from seem_ros.ros.depth import DepthBuffer
+from seem_ros.ros.diagnostics import ErrorLog, FrameCounters
+from seem_ros.ros.frames import PointTransformer
+from seem_ros.ros.node_runner import sensor_qos
+from seem_ros.ros.parameters import NodeSettings
+from seem_ros.srv import SegmentImage, SetVocabulary
+
+# REP-2003: subscribe to sensor data best effort; depth 1 because only the newest image matters.
+IMAGE_QOS = sensor_qos(1)
+# Depth images are buffered (DepthBuffer) to pair them with colour images by stamp.
+DEPTH_QOS = sensor_qos(5)
+COMMAND_QOS = QoSProfile(depth=10)  # reliable, volatile
+MASK_ENCODINGS = ("mono8", "8UC1")
+
+
+@dataclass
+class WaitingFrame:
+    """A camera's newest image, still serialized, and since when the camera waits (time.monotonic() of
+    the first image it sent after it was last served)."""
+
+    serialized: bytes
+    waiting_since: float
+
+
+class FrameSlots:
+    """The newest unprocessed frame of each camera. `put` replaces a camera's waiting frame (counted as
+    dropped; the camera keeps its place in the queue); `take` serves the cameras waiting longest first, so
+    under load no camera starves, however often the others publish."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, WaitingFrame] = {}
+
+    def put(self, camera: str, serialized: bytes, counters: FrameCounters) -> None:
+        with self._lock:
+            waiting = self._waiting.get(camera)
+            if waiting is not None:
+                counters.dropped_replaced += 1
+            since = waiting.waiting_since if waiting is not None else time.monotonic()
+            self._waiting[camera] = WaitingFrame(serialized, since)
+            counters.received += 1
+
+    def take(self, most: int) -> list[tuple[str, bytes]]:
+        """Up to `most` (camera, serialized frame) pairs, the longest-waiting first; they leave the slots."""
+        with self._lock:
+            chosen = sorted(self._waiting, key=lambda camera: self._waiting[camera].waiting_since)[:most]
+            return [(camera, self._waiting.pop(camera).serialized) for camera in chosen]
+
+    def pending(self) -> bool:
+        with self._lock:
+            return bool(self._waiting)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._waiting.clear()
+
+
+class StampedPairs:
+    """Pairs messages of two topics (side 0 and 1) that carry identical header stamps, whichever arrives
+    first; keeps the last `capacity` unpaired messages of each side."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self._capacity = capacity
+        self._waiting: tuple[dict[tuple[int, int], Image], dict[tuple[int, int], Image]] = ({}, {})
+
+    def add(self, side: int, msg: Image) -> tuple[Image, Image] | None:
+        """Returns the completed (side 0, side 1) pair, or None while msg waits for its partner."""
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        partner = self._waiting[1 - side].pop(stamp, None)
+        if partner is None:
+            waiting = self._waiting[side]
+            waiting[stamp] = msg
+            while len(waiting) > self._capacity:
+                waiting.pop(next(iter(waiting)))
+            return None
+        return (msg, partner) if side == 0 else (partner, msg)
+
+
+@dataclass
+class CallbackGroups:
+    """Images and camera info; prompts; services. Inference runs in a group of its own, so inputs never
+    wait for it."""
+
+    inputs: CallbackGroup
+    prompts: CallbackGroup
+    services: CallbackGroup
+
+
+class CameraInputs:
+    """One camera's subscriptions (made by `subscribe` on activate, removed by `unsubscribe`) and services
+    (made at construction, on configure), under its namespace prefix ("" or "front/").
+
+    on_image(serialized): a new image. on_prompt(text): an operator command addressed to this camera.
+    """
+
+    def __init__(
+        self,
+        node: LifecycleNode,
+        prefix: str,
+        settings: NodeSettings,
+        session: Session,
+        errors: ErrorLog,
+        groups: CallbackGroups,
+        on_image: Callable[[bytes], None],
+        on_prompt: Callable[[str], None],
+        point_transformer: PointTransformer,
+    ) -> None:
+        self._node = node
+        self.prefix = prefix
+        self.settings = settings
+        self.session = session
+        self.errors = errors
+        self._groups = groups
+        self._on_image = on_image
+        self._on_prompt = on_prompt
+        self._point_transformer = point_transformer
+        self.camera_info: CameraInfo | None = None
+        self.depth_info: CameraInfo | None = None
+        self.depth = DepthBuffer()
+        self._references = StampedPairs()
+        self.image_type = CompressedImage if settings.compressed else Image
+        self.image_topic = f"{prefix}image/compressed" if settings.compressed else f"{prefix}image"
+        self._subscriptions: list[Subscription] = []
+        self._services: list[Service] = [
+            node.create_service(
+                SetVocabulary, f"{prefix}set_vocabulary", self._set_vocabulary, callback_group=groups.services
+            ),
+            node.create_service(
+                Trigger, f"{prefix}clear_prompts", self._clear_prompts, callback_group=groups.services
+            ),
+            node.create_service(
+                Trigger, f"{prefix}reset_tracking", self._reset_tracking, callback_group=groups.services
+            ),
+            node.create_service(
+                SegmentImage, f"{prefix}segment_image", self._segment_image, callback_group=groups.services
+            ),
+        ]
+
+    # ------------------------------------------------------------------ lifecycle
+    def subscribe(self) -> None:
+        node, prefix, inputs = self._node, self.prefix, self._groups.inputs
+        # Images arrive serialized and only the one inference takes is deserialized: at 30 Hz in and a few
+        # Hz out, the Python work (and GIL time) of the replaced frames is saved.
+        self._subscriptions = [
+            node.create_subscription(
+                self.image_type, self.image_topic, self._on_image, IMAGE_QOS, callback_group=inputs, raw=True
+            ),
+            node.create_subscription(
+                CameraInfo, f"{prefix}camera_info", self._on_camera_info, IMAGE_QOS, callback_group=inputs
+            ),
+        ]
+        if self.settings.use_depth:
+            self._subscriptions += [
+                node.create_subscription(
+                    Image, f"{prefix}depth", self.depth.put, DEPTH_QOS, callback_group=inputs
+                ),
+                node.create_subscription(
+                    CameraInfo,
+                    f"{prefix}depth/camera_info",
+                    self._on_depth_info,
+                    IMAGE_QOS,
+                    callback_group=inputs,
+                ),
+            ]
+        prompts: list[tuple[type, str, Callable[[Any], None]]] = [
+            (String, "prompt", lambda msg: self._on_prompt(msg.data)),
+            (PointStamped, "clicked_point", self._on_clicked_point),
+            (PointStamped, "click_pixel", self._on_click_pixel),
+            (PolygonStamped, "scribble", self._on_scribble),
+            (Image, "prompt_mask", self._on_prompt_mask),
+            (Image, "referring_image", lambda msg: self._on_reference(self._references.add(0, msg))),
+            (Image, "referring_mask", lambda msg: self._on_reference(self._references.add(1, msg))),
+        ]
+        for message_type, name, callback in prompts:
+            self._subscriptions.append(
+                node.create_subscription(
+                    message_type,
+                    f"{prefix}{name}",
+                    self._guarded(callback, name),
+                    COMMAND_QOS,
+                    callback_group=self._groups.prompts,
+                )
+            )
+
+    def unsubscribe(self) -> None:
+        for subscription in self._subscriptions:
+            self._node.destroy_subscription(subscription)
+        self._subscriptions = []
+
+    def destroy(self) -> None:
+        self.unsubscribe()
+        for service in self._services:
+            self._node.destroy_service(service)
+        self._services = []
+
+    def _guarded(self, callback: Callable[[Any], None], what: str) -> Callable[[Any], None]:
+        """The callback, with bad input (ValueError, the engine's InputError among them) and any unexpected
+        exception logged and counted instead of ending the executor (and with it the node)."""
+
+        def guarded(msg: Any) -> None:
+            try:
+                callback(msg)
+            except ValueError as error:
+                self.errors.input_error(what, str(error))
+            except Exception as error:
+                self.errors.input_error(what, f"{type(error).__name__}: {error}")
+
+        return guarded
+
+    # ------------------------------------------------------------------ camera
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.camera_info = msg
+
+    def _on_depth_info(self, msg: CameraInfo) -> None:
+        self.depth_info = msg
+
+    # ------------------------------------------------------------------ prompts
+    def _on_click_pixel(self, msg: PointStamped) -> None:
+        self._add_click(msg.point.x, msg.point.y, positive=msg.point.z >= 0.0)
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        info = self.camera_info
+        if info is None:
+            raise ValueError(f"no CameraInfo received on {self.prefix}camera_info yet")
+        point = (msg.point.x, msg.point.y, msg.point.z)
+        if msg.header.frame_id != info.header.frame_id:
+            point = self._point_transformer.point_in(info.header.frame_id, msg)
+        self._add_click(*project_point(info, *point), positive=True)
+
+    def _add_click(self, x: float, y: float, positive: bool) -> None:
+        self.session.add_click(x, y, positive)
+        self._log(f"{'positive' if positive else 'negative'} click at ({x:.1f}, {y:.1f})")
+
+    def _on_scribble(self, msg: PolygonStamped) -> None:
+        points = tuple((float(point.x), float(point.y)) for point in msg.polygon.points)
+        positive = not (points and msg.polygon.points[0].z < 0.0)
+        self.session.add_prompt(ScribblePrompt(points, positive=positive))
+        self._log(
+            f"{'positive' if positive else 'negative'} scribble through {len(points)} points from "
+            f"({points[0][0]:.1f}, {points[0][1]:.1f})"
+        )
+
+    def _on_prompt_mask(self, msg: Image) -> None:
+        mask = binary_mask(msg)
+        if self.session.image_size is None:
+            raise ValueError("no camera image received yet, so the mask size cannot be checked")
+        self.session.add_mask(mask)
+        self._log(f"mask prompt of {int(mask.sum())} pixels")
+
+    def _on_reference(self, pair: tuple[Image, Image] | None) -> None:
+        if pair is None:
+            return
+        image_msg, mask_msg = pair
+        try:
+            rgb = np.array(image_to_rgb(image_msg), dtype=np.uint8, copy=True)
+            mask = binary_mask(mask_msg)
+            self.session.add_target(Target(reference=ReferringImagePrompt(rgb, mask)))
+        except ValueError as error:
+            self.errors.input_error("referring_image", str(error))
+            return
+        self._log(f"referring image {rgb.shape[1]}x{rgb.shape[0]} with a mask of {int(mask.sum())} pixels")
+
+    def _log(self, line: str) -> None:
+        camera = f"camera '{self.session.name}': " if self.session.name else ""
+        self._node.get_logger().info(f"{camera}{line}")
+
+    # ------------------------------------------------------------------ services
+    def _set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response):
+        names = [name.strip() for name in request.names]
+        thing_names = [name.strip() for name in request.thing_names]
+        try:
+            self.session.set_vocabulary(names, thing_names)
+        except ValueError as error:
+            self.errors.input_error("set_vocabulary request", str(error))
+            response.success, response.message = False, str(error)
+            return response
+        things = len(thing_names) if thing_names else len(names)
+        response.success, response.message = True, f"vocabulary of {len(names)} names, {things} things"
+        self._log(f"set_vocabulary: {response.message}: {', '.join(names)}")
+        return response
+
+    def _clear_prompts(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.session.clear_prompts()
+        response.success, response.message = True, "prompts cleared"
+        return response
+
+    def _reset_tracking(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.session.reset_tracking()
+        response.success, response.message = True, "tracking reset"
+        return response
+
+    def _segment_image(self, request: SegmentImage.Request, response: SegmentImage.Response):
+        try:
+            rgb = image_to_rgb(request.image, max_pixels=self.settings.segmenter.max_image_pixels)
+            result = self.session.segment_once(rgb, request.text.strip())
+        except ValueError as error:
+            self.errors.input_error("segment_image request", str(error))
+            response.success, response.message = False, str(error)
+            return response
+        except Exception as error:  # the service answers; the node keeps running
+            self.errors.inference_error(error)
+            response.success, response.message = False, f"inference failed: {type(error).__name__}: {error}"
+            return response
+        height, width = rgb.shape[:2]
+        response.result = frame_result_to_msg(result, request.image.header, width, height)
+        response.success = True
+        response.message = f"{len(result.instances)} instances, {len(result.segments)} segments"
+        return response
+
+
+def binary_mask(msg: Image) -> np.ndarray:
+    """(H, W) bool: the nonzero pixels of a mono8 mask image."""
+    if msg.encoding not in MASK_ENCODINGS:
+        raise ValueError(f"mask encoding must be one of {', '.join(MASK_ENCODINGS)}, got {msg.encoding!r}")
+    return image_to_array(msg) != 0

@@ -1,0 +1,159 @@
+"""One engine, several streams: sessions over one model, stepped together, with the tiny reference weights.
+
+Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
+the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
+encoder pass and frames without targets share the decoder pass; a bad frame fails alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from assets import read_frames, skimage_image, tiny_reference_model, video_clip
+
+from seem_ros.engine.engine import SeemEngine
+from seem_ros.engine.errors import InputError
+from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
+from seem_ros.engine.results import FrameResult
+from seem_ros.engine.session import Session, SessionSettings
+from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
+from seem_ros.model.seem import SEEM
+from seem_ros.model.tokenizer import ClipTokenizer
+
+STREET = Vocabulary.from_names(("person", "bicycle", "car", "road", "tree"), ("person", "bicycle", "car"))
+SHORT_SIDE = 256
+LOGIT_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SEEM, ClipTokenizer]:
+    """The tiny reference model and a tokenizer with a cache of its own."""
+    cache_dir = tmp_path_factory.mktemp("seem_ros_cache")
+    return tiny_reference_model(reference_dir), ClipTokenizer(cache_dir=cache_dir)
+
+
+@pytest.fixture
+def make_engine(tiny: tuple[SEEM, ClipTokenizer]):
+    model, tokenizer = tiny
+    cache = VocabularyCache(model.language_encoder, use_disk=False)
+
+    def make() -> SeemEngine:
+        predictor = SeemPredictor(
+            model,
+            tokenizer,
+            STREET,
+            short_side=SHORT_SIDE,
+            panoptic=PanopticSettings(0.4, 0.8),
+            vocabulary_cache=cache,
+        )
+        return SeemEngine(predictor, SessionSettings(generic=True, max_tracks=4, track_min_score=0.0))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def streams() -> dict[str, list[np.ndarray]]:
+    """Three cameras: two of the street clip's size (different moments), one of another size."""
+    clip = video_clip()
+    coffee = skimage_image("coffee")
+    return {
+        "front": read_frames(clip, 4, step=3),
+        "rear": read_frames(clip, 4, start=120, step=3),
+        "wrist": [coffee, coffee[:, ::-1].copy(), coffee, coffee[::-1].copy()],
+    }
+
+
+def _prompt(sessions: dict[str, Session]) -> None:
+    """Different prompts per stream: a text target on the front, a click on the wrist, nothing on the
+    rear (panoptic only), and its own vocabulary on the wrist."""
+    sessions["front"].set_text_prompt("the car")
+    sessions["wrist"].add_click(300.0, 190.0, positive=True)
+    sessions["wrist"].set_vocabulary(["cup", "saucer", "table"], ["cup", "saucer"])
+
+
+def _logits(session: Session) -> dict[int, torch.Tensor]:
+    return {track.track_id: track.mask_logits for track in session.tracker if track.mask_logits is not None}
+
+
+def _assert_same(batched: FrameResult, alone: FrameResult) -> None:
+    assert len(batched.instances) == len(alone.instances)
+    for one, other in zip(batched.instances, alone.instances, strict=True):
+        assert (one.track_id, one.label, one.prompt) == (other.track_id, other.label, other.prompt)
+        assert np.array_equal(one.mask, other.mask)
+        assert one.score == pytest.approx(other.score, abs=LOGIT_TOLERANCE)
+    assert np.array_equal(batched.panoptic, alone.panoptic)
+    assert np.array_equal(batched.semantic, alone.semantic)
+
+
+def test_streams_stepped_together_equal_streams_alone(make_engine, streams) -> None:
+    shared = make_engine()
+    together = {name: shared.open_session(name) for name in streams}
+    alone = {name: make_engine().open_session(name) for name in streams}
+    _prompt(together)
+    _prompt(alone)
+    for index in range(4):
+        results = shared.step([(together[name], frames[index]) for name, frames in streams.items()])
+        for name, result in zip(streams, results, strict=True):
+            expected = alone[name].process(streams[name][index])
+            _assert_same(result, expected)
+            batched_logits, alone_logits = _logits(together[name]), _logits(alone[name])
+            assert batched_logits.keys() == alone_logits.keys()
+            for track_id, logits in batched_logits.items():
+                torch.testing.assert_close(logits, alone_logits[track_id], atol=LOGIT_TOLERANCE, rtol=0)
+    assert [track.text for track in together["front"].tracks()] == ["the car"]
+    assert [track.kind for track in together["wrist"].tracks()] == ["click"]
+    assert together["rear"].tracks() == ()
+    assert together["wrist"].vocabulary_names() == ("cup", "saucer", "table")
+    assert together["rear"].vocabulary_names() == STREET.names
+    wrist_labels = {instance.label for instance in results[2].instances if instance.prompt == "panoptic"}
+    assert wrist_labels <= {"cup", "saucer", "table"}
+
+
+def test_generic_frames_share_one_decoder_pass(make_engine, streams, tiny) -> None:
+    model = tiny[0]
+    engine = make_engine()
+    sessions = [engine.open_session(name) for name in ("front", "rear")]
+    batches: list[int] = []
+    hook = model.decoder.register_forward_hook(lambda _m, args, _o: batches.append(args[1].shape[0]))
+    try:
+        engine.step([(sessions[0], streams["front"][0]), (sessions[1], streams["rear"][0])])
+    finally:
+        hook.remove()
+    assert batches == [2]
+
+
+def test_a_bad_frame_fails_alone(make_engine, streams) -> None:
+    engine = make_engine()
+    good, bad = engine.open_session("good"), engine.open_session("bad")
+    results = engine.step([(bad, np.zeros((4, 4, 3), dtype=np.uint8)), (good, streams["front"][0])])
+    assert isinstance(results[0], InputError) and "too small" in str(results[0])
+    assert isinstance(results[1], FrameResult)
+    with pytest.raises(InputError, match="too small"):
+        bad.process(np.zeros((4, 4, 3), dtype=np.uint8))
+
+
+def test_a_resolution_change_restarts_tracks(make_engine, streams) -> None:
+    session = make_engine().open_session("front")
+    session.add_click(100.0, 50.0, positive=True)
+    session.process(streams["front"][0])
+    assert next(iter(session.tracker)).mask is not None
+    smaller = np.ascontiguousarray(streams["front"][1][::2, ::2])
+    result = session.process(smaller)
+    assert result.panoptic.shape == smaller.shape[:2]
+    assert [track.kind for track in session.tracks()] == ["click"]
+    session.add_click(10.0, 10.0, positive=True)
+    with pytest.raises(InputError, match="outside"):
+        session.add_click(330.0, 10.0, positive=True)
+
+
+def test_sessions_are_named_once(make_engine) -> None:
+    engine = make_engine()
+    engine.open_session("front")
+    with pytest.raises(InputError, match="already open"):
+        engine.open_session("front")
+    engine.close_session("front")
+    engine.open_session("front")
+    assert list(engine.sessions) == ["front"]
