@@ -181,7 +181,7 @@ class Bench:
             winograd_suits,
         )
         from seem_ros.engine.onnx_decoder import OnnxDecoder
-        from seem_ros.model.onnx_decoder_export import ALL_GRAPH_KINDS
+        from seem_ros.export.decoder import ALL_GRAPH_KINDS
 
         start = time.perf_counter()
         path, checks = export_cached_image_encoder(

@@ -25,7 +25,7 @@ from seem_ros.engine.onnx_backend import (
 from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.onnx_export import OUTPUT_NAMES, export_image_encoder
+from seem_ros.export.image_encoder import OUTPUT_NAMES, export_image_encoder
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer

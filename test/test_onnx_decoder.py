@@ -21,16 +21,16 @@ from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.segmenter import build_segmenter
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
-from seem_ros.model.features import PixelFeatures
-from seem_ros.model.onnx_decoder_export import (
+from seem_ros.export.decoder import (
     ALL_GRAPH_KINDS,
     DecoderGraphKind,
     check_decoder,
     export_and_check_decoder,
     export_decoder,
 )
-from seem_ros.model.onnx_export import raise_if_export_differs
+from seem_ros.export.onnx_file import raise_if_export_differs
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
+from seem_ros.model.features import PixelFeatures
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer

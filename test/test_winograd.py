@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from assets import tiny_reference_model
 from safetensors.torch import load_file
 
-from seem_ros.model.onnx_export import DEFAULT_OPSET, write_onnx
-from seem_ros.model.winograd import WinogradConv2d
+from seem_ros.export.onnx_file import DEFAULT_OPSET, write_onnx
+from seem_ros.export.winograd import WinogradConv2d, winograd_pixel_decoder
 
 MAX_RELATIVE_ERROR = 5e-5
 
@@ -59,7 +59,7 @@ def test_pixel_decoder_with_winograd_matches_the_model(reference_dir: Path):
     model = tiny_reference_model(reference_dir)
     tensors = load_file(reference_dir / "panoptic" / "tensors.safetensors")
     pixel_decoder = model.sem_seg_head.pixel_decoder
-    fast = pixel_decoder.with_winograd_convolutions()
+    fast = winograd_pixel_decoder(pixel_decoder)
     with torch.no_grad():
         features = model.backbone(tensors["image_padded_normalized"])
         expected = pixel_decoder(features)

@@ -21,16 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.cache import default_cache_dir
-from seem_ros.model.features import PixelFeatures
-from seem_ros.model.onnx_export import (
-    DEFAULT_OPSET,
+from seem_ros.export.image_encoder import (
     EXPORT_FORMAT_VERSION,
     INPUT_NAME,
     OUTPUT_NAMES,
     OUTPUT_STRIDES,
-    ExportCheck,
     export_and_check_image_encoder,
 )
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck
+from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ class OnnxImageEncoder:
     """The exported image encoder in an ONNX Runtime session.
 
     Args:
-        path: an .onnx file written by `seem_ros.model.onnx_export.export_image_encoder`.
+        path: an .onnx file written by `seem_ros.export.image_encoder.export_image_encoder`.
         providers: execution providers in order of preference; `default_providers()` by default. GPU
             providers run on CUDA device 0.
         num_threads: intra-op threads of the CPU provider; None lets ONNX Runtime choose (one per core).

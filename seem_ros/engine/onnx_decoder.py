@@ -5,7 +5,7 @@
 
 Each configuration (`DecoderGraphKind`: generic, + grounding text, + visual prompts, + their memory) is
 exported the first time a call needs it, checked against PyTorch, and kept in the same on-disk cache as the
-image encoder (see `seem_ros.model.onnx_decoder_export`). Visual prompt tokens and the pass's random
+image encoder (see `seem_ros.export.decoder`). Visual prompt tokens and the pass's random
 choices are made in PyTorch from the caller's generator, in the official order, so a seeded call gives the
 same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is made.
 """
@@ -27,15 +27,10 @@ from seem_ros.engine.onnx_backend import (
     checked_providers,
     session_options,
 )
+from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck
 from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
 from seem_ros.model.features import PixelFeatures
-from seem_ros.model.onnx_decoder_export import (
-    DECODER_EXPORT_FORMAT_VERSION,
-    DEFAULT_OPSET,
-    DecoderGraphKind,
-    export_and_check_decoder,
-)
-from seem_ros.model.onnx_export import ExportCheck
 from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 

