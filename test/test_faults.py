@@ -41,29 +41,29 @@ LOADER_TIMEOUT = 10.0
 MAGIC_PIXEL = (255, 0, 255)
 ERROR_LOG_PERIOD = 2.0
 
-# Runs seem_node with a segmenter that raises inside process() when the image's top-left pixel is MAGIC_PIXEL.
+# Runs seem_node with an engine whose predictor raises when a frame's top-left pixel is MAGIC_PIXEL.
 FAULTY_NODE = f"""
 import sys
-import seem_ros.engine
+import seem_ros.engine.segmenter
 from seem_ros.ros import seem_node
 
-build = seem_ros.engine.build_segmenter
+build = seem_ros.engine.segmenter.build_engine
 
 
-class FaultySegmenter:
-    def __init__(self, inner):
-        self._inner = inner
+def faulty_engine(config):
+    engine = build(config)
+    predict_frames = engine.predictor.predict_frames
 
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def process(self, rgb):
-        if tuple(int(v) for v in rgb[0, 0]) == {MAGIC_PIXEL}:
+    def failing(requests):
+        if any(tuple(int(v) for v in request.image[0, 0]) == {MAGIC_PIXEL} for request in requests):
             raise RuntimeError("injected fault inside inference")
-        return self._inner.process(rgb)
+        return predict_frames(requests)
+
+    engine.predictor.predict_frames = failing
+    return engine
 
 
-seem_ros.engine.build_segmenter = lambda config: FaultySegmenter(build(config))
+seem_ros.engine.segmenter.build_engine = faulty_engine
 raise SystemExit(seem_node.main(sys.argv))
 """
 
@@ -292,10 +292,11 @@ def test_exception_inside_inference_is_logged_counted_and_the_frame_dropped(faul
     assert faulty.spin_until(lambda: faulty.statuses[-1].level == DiagnosticStatus.OK, 5.0)
 
 
-def test_engine_error_on_a_too_small_image_is_counted(faulty: NodeClient, coffee):
-    mark, failed = faulty.log_mark(), faulty.fresh_counter("inference_errors")
+def test_engine_refusal_of_a_too_small_image_is_counted_as_bad_input(faulty: NodeClient, coffee):
+    mark, refused = faulty.log_mark(), faulty.fresh_counter("input_errors")
     tiny = array_to_image(np.zeros((4, 4, 3), np.uint8), "rgb8")
-    faulty.publish_until(tiny, lambda: faulty.counter("inference_errors") > failed)
+    faulty.publish_until(tiny, lambda: faulty.counter("input_errors") > refused)
+    assert "image is too small" in faulty.log_since(mark)
     faulty.assert_serves(array_to_image(coffee, "rgb8"))
     assert "Traceback" not in faulty.log_since(mark)
 

@@ -104,7 +104,10 @@ class SeemEngine:
                 outcomes[index] = error
         if plans:
             with self._model_lock:
-                answers = self.predictor.predict_frames([plan.request for _, plan in plans])
+                try:
+                    answers = self.predictor.predict_frames([plan.request for _, plan in plans])
+                except Exception as error:  # a predictor that fails a whole step fails each of its frames
+                    answers = [error] * len(plans)
             for (index, plan), answer in zip(plans, answers, strict=True):
                 session = frames[index][0]
                 outcomes[index] = (
