@@ -118,8 +118,9 @@ class OnnxDecoder:
         opset: ONNX opset of exported graphs (17 or newer).
         fingerprint: `decoder_fingerprint(model.decoder)` when already known (hashed when None).
 
-    Calls it supports (`supports`): batch 1, grounding tokens without padding. `__call__` returns a
-    `DecoderOutput` whose `predictions` holds only the final step (the graph returns no intermediate step).
+    Calls it supports (`supports`): any batch without prompts, batch 1 with prompts, grounding tokens
+    without padding. `__call__` returns a `DecoderOutput` whose `predictions` holds only the final step
+    (the graph returns no intermediate step).
     """
 
     name = "onnx"
