@@ -79,3 +79,33 @@ def test_quick_post_processing_and_startup_sections(tmp_path: Path):
         for cache in ("cold", "warm"):
             row = startup[(backend, cache)]
             assert 0 < row["ready_s"] < row["first_result_s"] and "weights" in row["node_startup"]
+
+
+@pytest.mark.timeout(900)
+def test_quick_cameras_benchmark(tmp_path: Path):
+    """bench.cameras --quick: 1 and 2 cameras on focalt_tiny, both backends, batched and one by one."""
+    results_path = tmp_path / "cameras.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.cameras",
+        "--quick",
+        "--threads",
+        "1",
+        "--json",
+        str(results_path),
+    ]
+    completed = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=800, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "# bench.cameras: focalt_tiny" in completed.stdout and "batched / one by one" in completed.stdout
+    results = json.loads(results_path.read_text())["results"]
+    rows = {(row["backend"], row["cameras"], row["way"]) for result in results for row in result["rows"]}
+    assert rows == {
+        (backend, cameras, way)
+        for backend in ("torch", "onnx")
+        for cameras in (1, 2)
+        for way in ("batched", "one by one")
+    }
+    assert all(result["peak_rss_bytes"] > 0 for result in results)

@@ -74,7 +74,7 @@ def test_dynamic_input_size_matches_pytorch(
 def test_encoder_reports_its_providers_and_checks_input(encoder: OnnxImageEncoder) -> None:
     assert isinstance(encoder, ImageEncoderBackend)
     assert encoder.providers == ["CPUExecutionProvider"]
-    with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         encoder(torch.zeros(3, 64, 64))
     with pytest.raises(FileNotFoundError, match="export it first"):
         OnnxImageEncoder("missing.onnx")

@@ -199,9 +199,11 @@ def test_unsupported_calls_are_refused(onnx_decoder: OnnxDecoder, panoptic: dict
         mask_features=features.mask_features.repeat(2, 1, 1, 1),
         multi_scale_features=[level.repeat(2, 1, 1, 1) for level in features.multi_scale_features],
     )
-    assert not onnx_decoder.supports(batch)
+    assert onnx_decoder.supports(batch)  # several cameras' frames without prompts
+    grounding = GroundingTokens(tokens[:2], torch.tensor([[False, False]]))
+    assert not onnx_decoder.supports(batch, grounding=grounding)  # prompted graphs take one image
     with pytest.raises(ValueError, match="not supported by the ONNX decoder"):
-        onnx_decoder(batch, panoptic["class_text_embeddings"])
+        onnx_decoder(batch, panoptic["class_text_embeddings"], grounding=grounding)
 
 
 def test_cache_exports_each_graph_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
 the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
-encoder pass and frames without targets share the decoder pass; a bad frame fails alone.
+encoder pass and frames without targets share the decoder pass, in both backends (PyTorch, and ONNX
+Runtime with the graphs' batch dimension); a bad frame fails alone.
 """
 
 from __future__ import annotations
@@ -12,44 +13,63 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from assets import read_frames, skimage_image, tiny_reference_model, video_clip
+from assets import read_frames, skimage_image, video_clip
 
+from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.errors import InputError
-from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.results import FrameResult
-from seem_ros.engine.session import Session, SessionSettings
-from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
-from seem_ros.model.seem import SEEM
-from seem_ros.model.tokenizer import ClipTokenizer
+from seem_ros.engine.segmenter import build_engine
+from seem_ros.engine.session import Session
+from seem_ros.engine.torch_backend import TorchDecoder, TorchImageEncoder
+from seem_ros.engine.vocabulary_cache import Vocabulary
+from seem_ros.model.features import PixelFeatures
 
 STREET = Vocabulary.from_names(("person", "bicycle", "car", "road", "tree"), ("person", "bicycle", "car"))
 SHORT_SIDE = 256
 LOGIT_TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def tiny(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[SEEM, ClipTokenizer]:
-    """The tiny reference model and a tokenizer with a cache of its own."""
-    cache_dir = tmp_path_factory.mktemp("seem_ros_cache")
-    return tiny_reference_model(reference_dir), ClipTokenizer(cache_dir=cache_dir)
+class Recording:
+    """Wraps an image-encoder or decoder backend and records the batch size of every call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.name = getattr(inner, "name", "recording")
+        self.batches: list[int] = []
+
+    def supports(self, features: PixelFeatures, *args: object) -> bool:
+        return self.inner.supports(features, *args)
+
+    def __call__(self, images_or_features: torch.Tensor | PixelFeatures, *args: object, **kwargs: object):
+        tensor = getattr(images_or_features, "mask_features", images_or_features)
+        self.batches.append(int(tensor.shape[0]))
+        return self.inner(images_or_features, *args, **kwargs)
 
 
 @pytest.fixture
-def make_engine(tiny: tuple[SEEM, ClipTokenizer]):
-    model, tokenizer = tiny
-    cache = VocabularyCache(model.language_encoder, use_disk=False)
+def make_engine(reference_dir: Path):
+    """Engines over the tiny reference checkpoint; their backends record the batches they run."""
 
-    def make() -> SeemEngine:
-        predictor = SeemPredictor(
-            model,
-            tokenizer,
-            STREET,
+    def make(backend: str = "torch") -> SeemEngine:
+        config = SegmenterConfig(
+            preset="focalt_tiny",
+            checkpoint=str(reference_dir / "tiny_focalt_v1.safetensors"),
+            device="cpu",
+            backend=backend,
             short_side=SHORT_SIDE,
-            panoptic=PanopticSettings(0.4, 0.8),
-            vocabulary_cache=cache,
+            score_threshold=0.4,
+            vocabulary=STREET.names,
+            thing_names=("person", "bicycle", "car"),
+            max_tracks=4,
+            track_min_score=0.0,
         )
-        return SeemEngine(predictor, SessionSettings(generic=True, max_tracks=4, track_min_score=0.0))
+        engine = build_engine(config)
+        predictor = engine.predictor
+        model = predictor.model
+        predictor.image_encoder = Recording(predictor.image_encoder or TorchImageEncoder(model))
+        predictor.decoder_backend = Recording(predictor.decoder_backend or TorchDecoder(model))
+        return engine
 
     return make
 
@@ -88,10 +108,11 @@ def _assert_same(batched: FrameResult, alone: FrameResult) -> None:
     assert np.array_equal(batched.semantic, alone.semantic)
 
 
-def test_streams_stepped_together_equal_streams_alone(make_engine, streams) -> None:
-    shared = make_engine()
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_streams_stepped_together_equal_streams_alone(make_engine, streams, backend: str) -> None:
+    shared = make_engine(backend)
     together = {name: shared.open_session(name) for name in streams}
-    alone = {name: make_engine().open_session(name) for name in streams}
+    alone = {name: make_engine(backend).open_session(name) for name in streams}
     _prompt(together)
     _prompt(alone)
     for index in range(4):
@@ -112,17 +133,16 @@ def test_streams_stepped_together_equal_streams_alone(make_engine, streams) -> N
     assert wrist_labels <= {"cup", "saucer", "table"}
 
 
-def test_generic_frames_share_one_decoder_pass(make_engine, streams, tiny) -> None:
-    model = tiny[0]
-    engine = make_engine()
-    sessions = [engine.open_session(name) for name in ("front", "rear")]
-    batches: list[int] = []
-    hook = model.decoder.register_forward_hook(lambda _m, args, _o: batches.append(args[1].shape[0]))
-    try:
-        engine.step([(sessions[0], streams["front"][0]), (sessions[1], streams["rear"][0])])
-    finally:
-        hook.remove()
-    assert batches == [2]
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_frames_of_one_size_share_the_encoder_and_generic_frames_the_decoder(
+    make_engine, streams, backend: str
+) -> None:
+    engine = make_engine(backend)
+    front, rear, wrist = (engine.open_session(name) for name in ("front", "rear", "wrist"))
+    wrist.set_text_prompt("the cup")
+    engine.step([(front, streams["front"][0]), (rear, streams["rear"][0]), (wrist, streams["wrist"][0])])
+    assert sorted(engine.predictor.image_encoder.batches) == [1, 2]  # the street size, and the coffee photo
+    assert sorted(engine.predictor.decoder_backend.batches) == [1, 2]  # front + rear, then the prompted wrist
 
 
 def test_a_bad_frame_fails_alone(make_engine, streams) -> None:

@@ -46,8 +46,8 @@ class ImageEncoderBackend(Protocol):
     name: str
 
     def __call__(self, padded_images: Tensor) -> PixelFeatures:
-        """padded_images: (1, 3, H', W') float32 from `SEEM.preprocess`. Returns `PixelFeatures` (mask
-        features and the three multi-scale maps, float32) on the input's device."""
+        """padded_images: (B, 3, H', W') float32 from `SEEM.preprocess`, any batch B. Returns
+        `PixelFeatures` (mask features and the three multi-scale maps, float32) on the input's device."""
         ...
 
 
@@ -134,15 +134,15 @@ class OnnxImageEncoder:
         self._binding = self.session.io_binding()
 
     def __call__(self, padded_images: Tensor) -> PixelFeatures:
-        """padded_images: (1, 3, H', W') float32, H' and W' multiples of 32 (or the fixed size the graph
-        was exported for). Returns `PixelFeatures` on the input's device; transformer_encoder_features
-        is None (the graph does not return it)."""
-        if padded_images.dim() != 4 or padded_images.shape[:2] != (1, 3):
-            raise ValueError(f"padded_images must be (1, 3, H, W), got {tuple(padded_images.shape)}")
-        height, width = padded_images.shape[-2:]
+        """padded_images: (B, 3, H', W') float32, any batch B, H' and W' multiples of 32 (or the fixed size
+        the graph was exported for). Returns `PixelFeatures` on the input's device;
+        transformer_encoder_features is None (the graph does not return it)."""
+        if padded_images.dim() != 4 or padded_images.shape[1] != 3:
+            raise ValueError(f"padded_images must be (B, 3, H, W), got {tuple(padded_images.shape)}")
+        batch, _, height, width = padded_images.shape
         image = padded_images.to(self.device, torch.float32).contiguous()
         outputs = [
-            torch.empty((1, channels, height // stride, width // stride), device=self.device)
+            torch.empty((batch, channels, height // stride, width // stride), device=self.device)
             for channels, stride in zip(self._channels, OUTPUT_STRIDES, strict=True)
         ]
         binding = self._binding

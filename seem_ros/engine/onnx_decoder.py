@@ -118,8 +118,9 @@ class OnnxDecoder:
         opset: ONNX opset of exported graphs (17 or newer).
         fingerprint: `decoder_fingerprint(model.decoder)` when already known (hashed when None).
 
-    Calls it supports (`supports`): batch 1, grounding tokens without padding. `__call__` returns a
-    `DecoderOutput` whose `predictions` holds only the final step (the graph returns no intermediate step).
+    Calls it supports (`supports`): any batch without prompts, batch 1 with prompts, grounding tokens
+    without padding. `__call__` returns a `DecoderOutput` whose `predictions` holds only the final step
+    (the graph returns no intermediate step).
     """
 
     name = "onnx"
@@ -172,8 +173,10 @@ class OnnxDecoder:
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
     ) -> bool:
-        """True for batch 1 and grounding tokens without padding (what `SeemPredictor` passes)."""
-        if features.mask_features.shape[0] != 1:
+        """True for any batch without prompts, batch 1 with prompts, grounding tokens without padding
+        (what `SeemPredictor` passes)."""
+        kind = DecoderGraphKind(grounding is not None, spatial_tokens is not None)
+        if features.mask_features.shape[0] != 1 and not kind.batched:
             return False
         if previous_masks is not None and spatial_tokens is None:
             return False
@@ -188,12 +191,13 @@ class OnnxDecoder:
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> DecoderOutput:
-        """Decode one image's features. Shapes as in `SEEMDecoder.forward`; the random choices are drawn
-        from `generator` as the PyTorch decoder draws them. Outputs are float32 on the features' device."""
+        """Decode the features of one image (of several without prompts). Shapes as in
+        `SEEMDecoder.forward`; the random choices are drawn from `generator` as the PyTorch decoder draws
+        them. Outputs are float32 on the features' device."""
         if not self.supports(features, grounding, spatial_tokens, previous_masks):
             raise ValueError(
-                "this call is not supported by the ONNX decoder (batch must be 1, grounding tokens without "
-                "padding, previous_masks only with visual prompts); run SEEM.decode instead"
+                "this call is not supported by the ONNX decoder (batch 1 with prompts, grounding tokens "
+                "without padding, previous_masks only with visual prompts); run SEEM.decode instead"
             )
         kind = DecoderGraphKind(
             grounding=grounding is not None,
@@ -214,7 +218,7 @@ class OnnxDecoder:
         if previous_masks is not None:
             inputs += [previous_masks, memory_slot_prompt_index]
         outputs = self._run(
-            kind, inputs, features.mask_features.shape[-2:], class_text_embeddings.shape[0], num_spatial
+            kind, inputs, features.mask_features.shape, class_text_embeddings.shape[0], num_spatial
         )
         outputs = [output.to(features.mask_features.device) for output in outputs]
         prediction = DecoderPrediction(*outputs[:4])
@@ -239,25 +243,26 @@ class OnnxDecoder:
         self,
         kind: DecoderGraphKind,
         inputs: list[Tensor],
-        mask_size: Sequence[int],
+        mask_features_shape: Sequence[int],
         num_classes: int,
         num_spatial: int,
     ) -> list[Tensor]:
         """Bind inputs and preallocated outputs (torch tensors on the session's device) and run.
 
-        num_classes: K+1. num_spatial: 3n spatial queries (0 without visual prompts)."""
+        mask_features_shape: (B, D, H'/4, W'/4). num_classes: K+1. num_spatial: 3n spatial queries (0
+        without visual prompts)."""
         session = self._session(kind)
         decoder = self.decoder
         num_queries, dim = decoder.query_feat.weight.shape
         mask_dim = decoder.mask_embed.layers[-1].out_features
-        height, width = mask_size
+        batch, _, height, width = mask_features_shape
         shapes = [(num_queries, num_classes), (num_queries, height, width), (num_queries, dim)]
         shapes.append((num_queries, mask_dim))
         if kind.grounding:
             shapes += [(num_queries, height, width), (num_queries, dim)]
         if kind.spatial:
             shapes += [(num_spatial, height, width), (num_spatial, dim), (num_spatial, mask_dim)]
-        outputs = [torch.empty((1, *shape), device=self.device) for shape in shapes]
+        outputs = [torch.empty((batch, *shape), device=self.device) for shape in shapes]
         # the bound buffers must stay alive until the run ends
         bound = [
             value.to(self.device, torch.int64 if value.dtype == torch.int64 else torch.float32).contiguous()

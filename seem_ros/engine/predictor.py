@@ -280,12 +280,10 @@ class SeemPredictor:
     def encode_batch(self, images: Sequence[np.ndarray]) -> list[tuple[EncodedImage, dict[str, float]]]:
         """Features of several images, each with the timings of the pass that made it.
 
-        Images whose padded model inputs have the same size go through the PyTorch image encoder in one
-        batched pass (grouped by size, not padded to the largest, which would change their features); with
-        an `image_encoder` backend (ONNX Runtime, compiled graphs of fixed batch) they are encoded one by one.
+        Images whose padded model inputs have the same size go through the image encoder (PyTorch, or the
+        `image_encoder` backend: ONNX Runtime, compiled graphs) in one batched pass: grouped by size, not
+        padded to the largest, which would change their features.
         """
-        if self.image_encoder is not None:
-            return [(self.encode(rgb), dict(self._encode_timings)) for rgb in images]
         inputs = []
         for rgb in images:
             start = time.perf_counter()

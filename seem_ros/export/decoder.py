@@ -40,7 +40,7 @@ from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_expor
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 5
+DECODER_EXPORT_FORMAT_VERSION = 6
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",
@@ -66,6 +66,12 @@ class DecoderGraphKind:
     def __post_init__(self) -> None:
         if self.memory and not self.spatial:
             raise ValueError("a memory graph needs spatial=True (memory slots serve visual prompts)")
+
+    @property
+    def batched(self) -> bool:
+        """Whether the graph takes a batch of images (the object queries alone: several cameras' frames
+        without prompts in one run); prompted graphs take one image."""
+        return not (self.grounding or self.spatial)
 
     @property
     def name(self) -> str:
@@ -107,6 +113,9 @@ class DecoderGraphKind:
         axes["object_logits"] = {2: "classes"}
         for group in ("object", "grounding", "spatial"):
             axes[f"{group}_masks"] = {2: "height_div4", 3: "width_div4"}
+        if self.batched:
+            for name in (*FEATURE_NAMES, *self.output_names()):
+                axes.setdefault(name, {})[0] = "batch"
         for name in ("spatial_masks", "spatial_class_embeddings", "spatial_mask_embeddings"):
             axes.setdefault(name, {})[1] = "spatial_queries"
         wanted = set(self.input_names(num_levels)) | set(self.output_names())
@@ -191,17 +200,18 @@ def example_inputs(
     points_per_level: Sequence[int] = (7, 5, 9),
     grounding_length: int = 6,
     seed: int = 0,
+    batch: int = 1,
 ) -> list[Tensor]:
-    """Random inputs of a graph of `kind` (in `input_names` order): features of a (H', W') padded image,
-    K+1 = num_classes normalised class embeddings, and the prompt inputs with the given counts."""
+    """Random inputs of a graph of `kind` (in `input_names` order): features of `batch` (H', W') padded
+    images, K+1 = num_classes normalised class embeddings, and the prompt inputs with the given counts."""
     generator = torch.Generator().manual_seed(seed)
     height, width = padded_size
     dim = decoder.class_embed.shape[0]
     mask_dim = decoder.mask_embed.layers[-1].out_features
-    named = {"mask_features": torch.randn(1, mask_dim, height // 4, width // 4, generator=generator)}
+    named = {"mask_features": torch.randn(batch, mask_dim, height // 4, width // 4, generator=generator)}
     for level, stride in enumerate(FEATURE_STRIDES[1 : decoder.num_feature_levels + 1]):
         named[f"multi_scale_features_{level}"] = torch.randn(
-            1, dim, height // stride, width // stride, generator=generator
+            batch, dim, height // stride, width // stride, generator=generator
         )
     classes = torch.randn(num_classes, dim, generator=generator)
     named["class_text_embeddings"] = classes / classes.norm(dim=-1, keepdim=True)
@@ -253,15 +263,20 @@ def export_decoder(
 
 @dataclass(frozen=True)
 class CheckCase:
-    """One input shape a decoder graph is checked on: padded image size, K+1, n and N_i."""
+    """One input shape a decoder graph is checked on: padded image size, K+1, n and N_i, and the batch a
+    batched graph (`DecoderGraphKind.batched`) runs it on."""
 
     padded_size: tuple[int, int]
     num_classes: int
     num_prompts: int
     points_per_level: tuple[int, int, int]
+    batch: int = 1
 
 
-DEFAULT_CHECK_CASES = (CheckCase((512, 704), 11, 2, (7, 5, 9)), CheckCase((384, 640), 4, 3, (12, 3, 1)))
+DEFAULT_CHECK_CASES = (
+    CheckCase((512, 704), 11, 2, (7, 5, 9)),
+    CheckCase((384, 640), 4, 3, (12, 3, 1), batch=2),
+)
 
 
 CHECK_DRAWS = 4
@@ -304,6 +319,7 @@ def check_decoder(
                 case.num_prompts,
                 case.points_per_level,
                 seed=seed + index + draw * len(cases),
+                batch=case.batch if kind.batched else 1,
             )
             with torch.no_grad():
                 expected = [output.numpy() for output in graph(*inputs)]

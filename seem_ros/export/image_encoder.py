@@ -4,10 +4,11 @@ The image encoder is where the time goes (backbone + pixel decoder are about 3.4
 Focal-T's 6.7 s per image on CPU) and its only input is the padded image. The decoder has graphs of its own,
 one per prompt configuration (`seem_ros.export.decoder`); the text encoder stays in PyTorch.
 
-Graph: input ``padded_image`` (1, 3, H', W') float32, normalised and zero-padded bottom/right (the output of
-`SEEM.preprocess`); outputs ``mask_features`` (1, D, H'/4, W'/4) and ``multi_scale_features_0/1/2``
-(1, C, H'/s, W'/s) for s = 32, 16, 8, all float32. Focal models get dynamic H', W' (multiples of 32);
-SAM-ViT models have a fixed square input (1024 for the released ones), so their graph is static.
+Graph: input ``padded_image`` (B, 3, H', W') float32, normalised and zero-padded bottom/right (the output of
+`SEEM.preprocess`); outputs ``mask_features`` (B, D, H'/4, W'/4) and ``multi_scale_features_0/1/2``
+(B, C, H'/s, W'/s) for s = 32, 16, 8, all float32. The batch B is dynamic (several cameras' frames of one
+size in one run). Focal models get dynamic H', W' (multiples of 32); SAM-ViT models have a fixed square
+input (1024 for the released ones).
 
 With ``winograd`` (the default), the pixel decoder's large 3x3 convolutions are exported in Winograd form
 (`seem_ros.export.winograd`): the same outputs up to float rounding, checked against the PyTorch model like
@@ -33,7 +34,7 @@ INPUT_NAME = "padded_image"
 OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features_1", "multi_scale_features_2")
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
-EXPORT_FORMAT_VERSION = 4
+EXPORT_FORMAT_VERSION = 5
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
 
@@ -46,7 +47,7 @@ class ImageEncoderGraph(nn.Module):
         self.pixel_decoder = pixel_decoder
 
     def forward(self, padded_image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """padded_image: (1, 3, H', W') float32. Returns the tensors named in `OUTPUT_NAMES`."""
+        """padded_image: (B, 3, H', W') float32. Returns the tensors named in `OUTPUT_NAMES`."""
         features = self.pixel_decoder(self.backbone(padded_image))
         return (features.mask_features, *features.multi_scale_features)
 
@@ -88,11 +89,13 @@ def export_image_encoder(
     if winograd:
         graph = ImageEncoderGraph(graph.backbone, winograd_pixel_decoder(graph.pixel_decoder))
     height, width = example_input_size(model)
-    dynamic_axes = None
+    dynamic_axes: dict[str, dict[int, str]] = {INPUT_NAME: {0: "batch"}}
+    for name in OUTPUT_NAMES:
+        dynamic_axes[name] = {0: "batch"}
     if has_dynamic_input(model):
-        dynamic_axes = {INPUT_NAME: {2: "padded_height", 3: "padded_width"}}
+        dynamic_axes[INPUT_NAME] |= {2: "padded_height", 3: "padded_width"}
         for name, stride in zip(OUTPUT_NAMES, OUTPUT_STRIDES, strict=True):
-            dynamic_axes[name] = {2: f"padded_height_div{stride}", 3: f"padded_width_div{stride}"}
+            dynamic_axes[name] |= {2: f"padded_height_div{stride}", 3: f"padded_width_div{stride}"}
     entries = {
         "seem_ros.export_format_version": str(EXPORT_FORMAT_VERSION),
         "seem_ros.output_strides": ",".join(str(stride) for stride in OUTPUT_STRIDES),
@@ -113,25 +116,29 @@ def export_image_encoder(
 
 
 def check_image_encoder(
-    model: SEEM, path: str | Path, input_sizes: Sequence[tuple[int, int]] | None = None, seed: int = 0
+    model: SEEM,
+    path: str | Path,
+    input_sizes: Sequence[tuple[int, int]] | None = None,
+    seed: int = 0,
+    batch: int = 2,
 ) -> list[ExportCheck]:
     """Run the exported file in ONNX Runtime (CPU) and PyTorch on random normalised images.
 
-    input_sizes: (H', W') padded sizes to try; by default the export size and, for dynamic graphs, a
-    second one (384 x 640). Returns one `ExportCheck` per size.
+    input_sizes: (H', W') padded sizes to try; by default the export size, then 384 x 640 for dynamic
+    graphs (the export size again for fixed ones). The first size is run on one image, the others on a
+    batch of `batch` images. Returns one `ExportCheck` per size.
     """
     import onnxruntime
 
     graph = _cpu_float_graph(model)
     if input_sizes is None:
         input_sizes = [example_input_size(model)]
-        if has_dynamic_input(model):
-            input_sizes.append((384, 640))
+        input_sizes.append((384, 640) if has_dynamic_input(model) else example_input_size(model))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     checks = []
-    for height, width in input_sizes:
-        image = torch.randn(1, 3, height, width, generator=generator)
+    for index, (height, width) in enumerate(input_sizes):
+        image = torch.randn(1 if index == 0 else batch, 3, height, width, generator=generator)
         with torch.no_grad():
             expected = [output.numpy() for output in graph(image)]
         actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.numpy()})

@@ -92,15 +92,15 @@ def block_transform() -> Tensor:
 
 
 class _DepthToSpace(torch.autograd.Function):
-    """ONNX DepthToSpace, mode DCR: (1, b * b * C, H, W) -> (1, C, b H, b W), channel (i b + j) C + c of
+    """ONNX DepthToSpace, mode DCR: (B, b * b * C, H, W) -> (B, C, b H, b W), channel (i b + j) C + c of
     block (y, x) going to pixel (b y + i, b x + j) of channel c."""
 
     @staticmethod
     def forward(ctx: object, blocks: Tensor, block: int) -> Tensor:
-        _, depth, rows, columns = blocks.shape
+        batch, depth, rows, columns = blocks.shape
         channels = depth // (block * block)
-        pixels = blocks.reshape(block, block, channels, rows, columns).permute(2, 3, 0, 4, 1)
-        return pixels.reshape(1, channels, rows * block, columns * block)
+        pixels = blocks.reshape(batch, block, block, channels, rows, columns).permute(0, 3, 4, 1, 5, 2)
+        return pixels.reshape(batch, channels, rows * block, columns * block)
 
     @staticmethod
     def symbolic(graph: torch.Graph, blocks: torch.Value, block: int) -> torch.Value:
@@ -116,7 +116,7 @@ class WinogradConv2d(nn.Module):
         aligned: the caller only passes inputs whose height and width are multiples of 4 (a stride-4 or
             stride-8 map of an image padded to a multiple of 32): no padding to whole tiles and no crop,
             two copies of the feature map fewer. Otherwise any size works (the input is zero-padded to whole
-            tiles and the output cropped back). Batch size 1.
+            tiles and the output cropped back). Any batch size.
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, aligned: bool = False) -> None:
@@ -142,8 +142,8 @@ class WinogradConv2d(nn.Module):
         return cls(conv.weight, conv.bias, aligned=aligned)
 
     def forward(self, feature_map: Tensor) -> Tensor:
-        """feature_map: (1, C, H, W). Returns (1, O, H, W), the convolution's output."""
-        _, channels, height, width = feature_map.shape
+        """feature_map: (B, C, H, W). Returns (B, O, H, W), the convolution's output."""
+        batch, channels, height, width = feature_map.shape
         if self.aligned:
             if not torch.jit.is_tracing() and (height % OUTPUT_TILE or width % OUTPUT_TILE):
                 raise ValueError(
@@ -158,11 +158,11 @@ class WinogradConv2d(nn.Module):
             )
         tiles = F.conv2d(padded, self.tile_filters, stride=OUTPUT_TILE, padding=1, groups=channels)
         tile_rows, tile_columns = tiles.shape[-2:]
-        winograd = tiles.reshape(channels, INPUT_TILE * INPUT_TILE, -1).transpose(0, 1)
+        winograd = tiles.reshape(batch, channels, INPUT_TILE * INPUT_TILE, -1).transpose(1, 2)
         products = self.kernel @ winograd
-        out_channels = products.shape[1]
-        blocks = self.block_transform @ products.reshape(INPUT_TILE * INPUT_TILE, -1)
-        blocks = blocks.reshape(1, OUTPUT_TILE * OUTPUT_TILE * out_channels, tile_rows, tile_columns)
+        out_channels = products.shape[2]
+        blocks = self.block_transform @ products.reshape(batch, INPUT_TILE * INPUT_TILE, -1)
+        blocks = blocks.reshape(batch, OUTPUT_TILE * OUTPUT_TILE * out_channels, tile_rows, tile_columns)
         output = _DepthToSpace.apply(blocks, OUTPUT_TILE)
         if not self.aligned:
             output = output[:, :, :height, :width]
