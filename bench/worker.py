@@ -344,6 +344,7 @@ class ForcedSegments:
 
     def __init__(self, decode, count: int, vocabulary_size: int, seed: int = 0) -> None:  # noqa: ANN001
         self.decode = decode
+        self.decodes_batches = getattr(decode, "decodes_batches", True)
         self.count = count
         self.vocabulary_size = vocabulary_size
         self.seed = seed

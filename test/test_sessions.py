@@ -36,6 +36,7 @@ class Recording:
     def __init__(self, inner: object) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", "recording")
+        self.decodes_batches = getattr(inner, "decodes_batches", False)
         self.batches: list[int] = []
 
     def supports(self, features: PixelFeatures, *args: object) -> bool:

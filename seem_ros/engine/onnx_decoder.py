@@ -45,6 +45,8 @@ class DecoderBackend(Protocol):
     """Something that runs `SEEM.decode` for some calls (what `SeemPredictor` calls instead of PyTorch)."""
 
     name: str
+    decodes_batches: bool
+    """Whether a call without prompts may decode several images at once (a batch of features)."""
 
     def supports(
         self,
@@ -124,6 +126,7 @@ class OnnxDecoder:
     """
 
     name = "onnx"
+    decodes_batches = True
 
     def __init__(
         self,

@@ -541,7 +541,7 @@ class SeemPredictor:
                 vocabulary = request.vocabulary or self.vocabulary
                 groups.setdefault((encoded[index][0].padded_size, vocabulary), []).append(index)
         for members in groups.values():
-            if len(members) > 1 and self._decodes_batches(encoded[members[0]][0]):
+            if len(members) > 1 and (self.decoder_backend is None or self.decoder_backend.decodes_batches):
                 try:
                     batch = self._predict_generic_batch(
                         [encoded[index] for index in members], requests[members[0]]
@@ -561,17 +561,6 @@ class SeemPredictor:
             except Exception as error:
                 answers[index] = error
         return [answer for answer in answers if answer is not None]
-
-    def _decodes_batches(self, encoded: EncodedImage) -> bool:
-        """Whether the decoder used for generic-only frames takes a batch of them."""
-        if self.decoder_backend is None:
-            return True
-        features = encoded.features
-        doubled = PixelFeatures(
-            mask_features=features.mask_features.expand(2, -1, -1, -1),
-            multi_scale_features=[level.expand(2, -1, -1, -1) for level in features.multi_scale_features],
-        )
-        return self.decoder_backend.supports(doubled)
 
     def _predict_generic_batch(
         self, members: Sequence[tuple[EncodedImage, dict[str, float]]], request: FrameRequest

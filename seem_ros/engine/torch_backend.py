@@ -124,6 +124,8 @@ def _owned_fp32(tensor: Tensor, copy: bool) -> Tensor:
 class TorchDecoder:
     """`SEEM.decode` in PyTorch (`DecoderBackend`); it supports every call."""
 
+    decodes_batches = True
+
     def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
         self.acceleration = acceleration or TorchAcceleration()
         self.model = model

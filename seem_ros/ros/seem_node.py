@@ -67,7 +67,6 @@ keep_freed_memory()
 import gc
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -410,9 +409,8 @@ def _build_engine(settings: NodeSettings) -> SeemEngine:
 def main(args: list[str] | None = None) -> int:
     """Console script `seem_node`. Returns 0 after a clean shutdown, 2 for a bad parameter, 1 if the model
     cannot be built at an automatic start."""
-    build: Callable[[], SeemNode] = SeemNode
     return run_node(
-        NODE_NAME, build, lambda: OrderlyMultiThreadedExecutor(num_threads=4), "the segmenter", args
+        NODE_NAME, SeemNode, lambda: OrderlyMultiThreadedExecutor(num_threads=4), "the segmenter", args
     )
 
 
