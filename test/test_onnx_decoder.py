@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from seem_ros.export.decoder import (
     export_decoder,
 )
 from seem_ros.export.onnx_file import raise_if_export_differs
+from seem_ros.export.shared_weights import MIN_SHARED_BYTES, WEIGHTS_FOLDER
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.presets import build_preset, randomize_weights
@@ -218,9 +220,34 @@ def test_cache_exports_each_graph_once_per_weights(tiny_model: SEEM, tmp_path: P
 
     other = randomize_weights(build_preset("focalt_tiny"), seed=3).eval()
     third = OnnxDecoder(other, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
-    third.prepare([DecoderGraphKind()])
-    assert third.paths[DecoderGraphKind()] != path
-    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".onnx", ".onnx"]
+    kind = DecoderGraphKind()
+    third.prepare([kind])
+    assert third.paths[kind] != path
+    assert sorted(path.name for path in tmp_path.glob("*.onnx")) == sorted(
+        [path.name, third.paths[kind].name]
+    )
+
+
+def test_graphs_of_one_decoder_share_one_copy_of_its_weights(tiny_model: SEEM, tmp_path: Path) -> None:
+    decoder = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
+    kinds = [DecoderGraphKind(), DecoderGraphKind(spatial=True), DecoderGraphKind(grounding=True)]
+    decoder.prepare(kinds)
+    weight_files = list((tmp_path / WEIGHTS_FOLDER).iterdir())
+    stored = sum(file.stat().st_size for file in weight_files)
+    graphs = [onnx.load(str(decoder.paths[kind]), load_external_data=False).graph for kind in kinds]
+    assert all(len(tensor.raw_data) < MIN_SHARED_BYTES for graph in graphs for tensor in graph.initializer)
+    external = [
+        [tensor.name for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL]
+        for graph in graphs
+    ]
+    assert set(external[0]) <= set(external[1]) and set(external[0]) <= set(external[2])
+    assert len(weight_files) == len(set().union(*external)) < sum(len(names) for names in external)
+    assert decoder.shared_weights.nbytes == stored  # each file mapped once for the three sessions
+
+    (tmp_path / WEIGHTS_FOLDER / f"{external[0][0]}.bin").unlink()
+    again = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
+    with pytest.raises(FileNotFoundError, match="delete that graph to export it again"):
+        again.prepare([DecoderGraphKind()])
 
 
 def test_graph_kinds() -> None:

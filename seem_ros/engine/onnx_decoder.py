@@ -5,7 +5,8 @@
 
 Each configuration (`DecoderGraphKind`: generic, + grounding text, + visual prompts, + their memory) is
 exported the first time a call needs it, checked against PyTorch, and kept in the same on-disk cache as the
-image encoder (see `seem_ros.export.decoder`). Visual prompt tokens and the pass's random
+image encoder (see `seem_ros.export.decoder`). The graphs' weights are one memory-mapped copy shared by
+all sessions (`seem_ros.export.shared_weights`). Visual prompt tokens and the pass's random
 choices are made in PyTorch from the caller's generator, in the official order, so a seeded call gives the
 same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is made.
 """
@@ -29,6 +30,7 @@ from seem_ros.engine.onnx_backend import (
 )
 from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
 from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck
+from seem_ros.export.shared_weights import SharedInitializers
 from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
@@ -120,6 +122,8 @@ class OnnxDecoder:
         opset: ONNX opset of exported graphs (17 or newer).
         fingerprint: `decoder_fingerprint(model.decoder)` when already known (hashed when None).
 
+    `shared_weights` maps the graphs' weight files, once each, for all of its sessions.
+
     Calls it supports (`supports`): any batch without prompts, batch 1 with prompts, grounding tokens
     without padding. `__call__` returns a `DecoderOutput` whose `predictions` holds only the final step
     (the graph returns no intermediate step).
@@ -138,7 +142,7 @@ class OnnxDecoder:
         opset: int = DEFAULT_OPSET,
         fingerprint: str | None = None,
     ) -> None:
-        self._options = session_options(num_threads)
+        self.num_threads = num_threads
         self.decoder = model.decoder
         self.preset = preset
         self.cache_dir = cache_dir
@@ -148,6 +152,7 @@ class OnnxDecoder:
         self.paths: dict[DecoderGraphKind, Path] = {}
         self._fingerprint = fingerprint or decoder_fingerprint(self.decoder)
         self._sessions: dict[DecoderGraphKind, onnxruntime.InferenceSession] = {}
+        self.shared_weights = SharedInitializers()
 
     def prepare(self, kinds: Sequence[DecoderGraphKind]) -> None:
         """Export (when not cached) and load the graphs of `kinds` now rather than on first use."""
@@ -162,9 +167,9 @@ class OnnxDecoder:
             path, _ = export_cached_decoder(
                 self.decoder, self.preset, kind, self.cache_dir, self.opset, self._fingerprint
             )
-            session = onnxruntime.InferenceSession(
-                str(path), self._options, providers=self.requested_providers
-            )
+            options = session_options(self.num_threads)
+            self.shared_weights.add_to(options, path)
+            session = onnxruntime.InferenceSession(str(path), options, providers=self.requested_providers)
             self.paths[kind] = path
             self._sessions[kind] = session
         return session

@@ -23,6 +23,10 @@ Graph outputs, of the final decoder step: ``object_logits`` (1, Q, K+1), ``objec
 ``grounding_class_embeddings``; spatial: ``spatial_masks`` (1, 3n, H'/4, W'/4), ``spatial_class_embeddings``,
 ``spatial_mask_embeddings`` (1, 3n, D).
 
+Weights: every graph's large initializers are stored by content in `<graph folder>/weights/`
+(`seem_ros.export.shared_weights`), so the graphs of one decoder share one copy on disk and, through
+`SharedInitializers`, one memory-mapped copy in a process.
+
 The exporter is the TorchScript-based `torch.onnx.export(..., dynamo=False)`.
 """
 
@@ -37,10 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
+from seem_ros.export.shared_weights import SharedInitializers, store_by_content
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 6
+DECODER_EXPORT_FORMAT_VERSION = 7
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",
@@ -235,7 +240,8 @@ def export_decoder(
     opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write the decoder graph of `kind` (fp32, CPU) to an ONNX file.
+    """Write the decoder graph of `kind` (fp32, CPU) to an ONNX file, its weights stored by content in
+    `<folder of path>/weights/` (`store_by_content`).
 
     path: the .onnx file to write (its folder is created). opset: 17 or newer.
     metadata: extra string entries stored in the file's metadata_props. Returns the path.
@@ -249,7 +255,7 @@ def export_decoder(
         "seem_ros.decoder_graph": kind.name,
         **(metadata or {}),
     }
-    return write_onnx(
+    path = write_onnx(
         graph,
         tuple(example_inputs(graph.decoder, kind)),
         Path(path),
@@ -259,6 +265,8 @@ def export_decoder(
         opset,
         entries,
     )
+    store_by_content(path)
+    return path
 
 
 @dataclass(frozen=True)
@@ -300,11 +308,17 @@ def check_decoder(
     inputs (measured: about one draw in six on the full-size SAM-ViT-B decoder with random weights). Such a
     draw tests the model's decision boundary, not the export, so a case takes up to CHECK_DRAWS input draws
     (seeds seed + index, then steps of len(cases)) and keeps the first within `max_relative_error`, else
-    the closest. A wrong export differs on every draw."""
+    the closest. A wrong export differs on every draw.
+
+    The session is built as `OnnxDecoder` builds its own (shared, memory-mapped weights; no pre-packing),
+    so what is checked is what runs."""
     import onnxruntime
 
     graph = _cpu_float_graph(decoder, kind)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    shared = SharedInitializers()
+    shared.add_to(options, path)
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     input_names = kind.input_names(decoder.num_feature_levels)
     output_names = kind.output_names()
     checks = []
