@@ -4,6 +4,8 @@ and cached, fingerprints hashed once per weights file, the PyTorch image encoder
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,23 @@ def test_model_from_file_equals_copying_the_checkpoint(tmp_path: Path) -> None:
         expected = reference.eval().encode_image(reference.preprocess(image)).mask_features
         produced = model.encode_image(model.preprocess(image)).mask_features
     assert torch.equal(produced, expected)
+
+
+def test_building_on_meta_draws_nothing(tmp_path: Path) -> None:
+    """Initialisers do nothing on meta tensors: the meta kernel of normal_ would import torch._dynamo
+    (seconds of every start). Checked in a fresh interpreter, since a test before may have imported it."""
+    path = tmp_path / "tiny.safetensors"
+    model = randomize_weights(build_preset("focalt_tiny"), seed=1)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    script = (
+        "import sys\n"
+        "from seem_ros.engine.weights import model_from_file\n"
+        f"model_from_file('focalt_tiny', {str(path)!r})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
 
 
 def test_half_precision_checkpoints_are_converted(tmp_path: Path) -> None:
