@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.timing import peak_rss_bytes, summarize
-from seem_ros.allocator import keep_freed_memory
+from seem_ros.allocator import keep_freed_memory, share_main_heap
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)
@@ -465,8 +465,12 @@ def main() -> None:
     for name in ("short_sides", "image_size", "tracks"):
         if name in fields:
             fields[name] = tuple(fields[name])
-    keep_freed_memory()  # as seem_node does, so the model alone runs under the node's allocator policy
-    result = run_job(Job(**fields))
+    job = Job(**fields)
+    # the node's allocator policy, so the model alone runs as it does there (see build_predictor)
+    share_main_heap()
+    if job.backend == "torch" and job.device == "cpu":
+        keep_freed_memory()
+    result = run_job(job)
     print(json.dumps(result))
 
 

@@ -5,14 +5,17 @@ malloc serves blocks above its mmap threshold (128 KiB, adapting up to 32 MiB) w
 back with munmap when freed, so the next frame touches brand-new pages: each 4 KiB page costs a page fault
 and is zeroed by the kernel. Full-size Focal-T at 512x683 on 2 CPU cores takes about 250 thousand such
 faults per frame (a gigabyte zeroed); with every block taken from malloc's heap and freed memory kept for
-reuse, about 14 thousand, and the frame 2.81 s -> 2.55 s (eager PyTorch in a worker thread, measured in
-one process, alternating). Threads other than the main one must share the main heap as well: their own
-arenas are capped at 64 MiB, so SAM-ViT-B's larger blocks still went to mmap from the node's inference
-thread (4.7 million faults and 23 s per frame, against none and 18.5 s on the main heap). ONNX Runtime
-keeps its own arena and gains little.
+reuse (`keep_freed_memory`), about 14 thousand, and the frame 2.81 s -> 2.55 s (eager PyTorch in a worker
+thread, measured in one process, alternating). Threads other than the main one must share the main heap as
+well (`share_main_heap`, at start): their own arenas are capped at 64 MiB, so SAM-ViT-B's larger blocks
+still went to mmap from the node's inference thread (4.7 million faults and 23 s per frame, against none
+and 18.5 s on the main heap).
 
 The price: the process's resident memory stays at its high-water mark instead of shrinking between
-frames, which for a node that runs the same model on every frame is where it would be again a frame later.
+frames. For eager PyTorch that is where it would be again a frame later. ONNX Runtime's sessions gain no
+speed from it and lose memory: blocks the image encoder freed are not all reusable by the decoder that
+runs next (Focal-T, 512x683: peak RSS 1770 MiB kept, 1447 MiB not, frame times equal), so
+`build_predictor` keeps freed memory for the PyTorch backend on the CPU only.
 """
 
 from __future__ import annotations
@@ -31,12 +34,22 @@ LARGEST_TRIM_THRESHOLD = 2**31 - 1
 """mallopt takes an int: about 2 GiB of freed heap top is kept, far above one frame's activations."""
 
 
+def share_main_heap() -> bool:
+    """Make every thread allocate from glibc's main heap. Call it once at start, before importing numpy,
+    torch or rclpy: the threads those start get arenas of their own, and once arenas exist a new thread
+    (the node's inference thread) may be given one of them. Returns whether it took effect: False, with
+    nothing changed, where the C library is not glibc (macOS, musl)."""
+    return _mallopt(((M_ARENA_MAX, 1),))
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc serve every block from its heap and keep freed memory for reuse (see the module
-    docstring). Returns whether the policy is in effect: False, with nothing changed, where the C library
-    is not glibc (macOS, musl). Process-wide; call it once at start, before importing numpy, torch or
-    rclpy where inference runs in another thread: the threads those start get arenas of their own, and
-    once arenas exist a new thread may be given one of them instead of the main heap."""
+    docstring). Process-wide, from now on; with `share_main_heap` at start it covers every thread. Returns
+    whether the policy is in effect (False where the C library is not glibc)."""
+    return _mallopt(((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD)))
+
+
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -48,5 +61,4 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, LARGEST_TRIM_THRESHOLD))
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])

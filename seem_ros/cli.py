@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from seem_ros.allocator import keep_freed_memory
+from seem_ros.allocator import share_main_heap
 from seem_ros.model.checkpoint import CheckpointError
 
 EXIT_OK = 0
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `seem-ros` and `python -m seem_ros.cli`. Returns the exit status."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
+    share_main_heap()
     return args.handler(args)
 
 

@@ -13,9 +13,11 @@ PAGES_PER_FRAME = 4 * BLOCK_FLOATS * 4 // 4096  # a "frame" below touches four s
 FRAMES = 10
 
 MEASURE = f"""
-import resource, sys, threading, torch
-from seem_ros.allocator import keep_freed_memory
-if sys.argv[1] == "keep":
+import sys
+from seem_ros.allocator import keep_freed_memory, share_main_heap
+assert share_main_heap()  # at start, as seem_node does
+import resource, threading, torch
+if sys.argv[1] == "keep":  # later, as build_predictor does for the PyTorch backend on the CPU
     assert keep_freed_memory()
 def frame():
     image = torch.ones({BLOCK_FLOATS})

@@ -76,9 +76,8 @@ def session_options(num_threads: int | None) -> onnxruntime.SessionOptions:
     CPU provider (None lets ONNX Runtime choose, one per core), and no CPU memory arena.
 
     Each session's arena grows to its own peak and keeps it: an image encoder and four decoder graphs held
-    about 0.8 GiB more at Focal-T's 512x704 than the same sessions allocating from the C heap, which
-    `seem_ros.allocator` keeps for reuse across all of them and PyTorch (peak RSS 3.0 -> 2.2 GiB, measured
-    over a panoptic frame, a text target and four tracked clicks)."""
+    about 0.8 GiB more at Focal-T's 512x704 than the same sessions allocating from the C heap (peak RSS 3.0
+    -> 2.2 GiB, measured over a panoptic frame, a text target and four tracked clicks)."""
     import onnxruntime
 
     if num_threads is not None and num_threads < 1:

@@ -58,11 +58,11 @@ Services, per camera: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and
 
 from __future__ import annotations
 
-from seem_ros.allocator import keep_freed_memory
+from seem_ros.allocator import share_main_heap
 
 # Before numpy, torch and rclpy are imported: threads they start would otherwise get malloc arenas of their
 # own, which the inference thread could then be given instead of the main heap (see seem_ros.allocator).
-keep_freed_memory()
+share_main_heap()
 
 import gc
 import threading
