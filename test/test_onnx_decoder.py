@@ -232,7 +232,7 @@ def test_graphs_of_one_decoder_share_one_copy_of_its_weights(tiny_model: SEEM, t
     decoder = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])
     kinds = [DecoderGraphKind(), DecoderGraphKind(spatial=True), DecoderGraphKind(grounding=True)]
     decoder.prepare(kinds)
-    weight_files = list((tmp_path / WEIGHTS_FOLDER).iterdir())
+    weight_files = list((tmp_path / WEIGHTS_FOLDER).glob("*.bin"))
     stored = sum(file.stat().st_size for file in weight_files)
     graphs = [onnx.load(str(decoder.paths[kind]), load_external_data=False).graph for kind in kinds]
     assert all(len(tensor.raw_data) < MIN_SHARED_BYTES for graph in graphs for tensor in graph.initializer)
@@ -243,6 +243,8 @@ def test_graphs_of_one_decoder_share_one_copy_of_its_weights(tiny_model: SEEM, t
     assert set(external[0]) <= set(external[1]) and set(external[0]) <= set(external[2])
     assert len(weight_files) == len(set().union(*external)) < sum(len(names) for names in external)
     assert decoder.shared_weights.nbytes == stored  # each file mapped once for the three sessions
+
+    assert len(list((tmp_path / WEIGHTS_FOLDER).glob("graph-*.json"))) == len(kinds)  # loaded without onnx
 
     (tmp_path / WEIGHTS_FOLDER / f"{external[0][0]}.bin").unlink()
     again = OnnxDecoder(tiny_model, "focalt_tiny", cache_dir=tmp_path, providers=["CPUExecutionProvider"])

@@ -45,7 +45,7 @@ from seem_ros.export.shared_weights import SharedInitializers, store_by_content
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
-DECODER_EXPORT_FORMAT_VERSION = 7
+DECODER_EXPORT_FORMAT_VERSION = 8
 """Bumped when a decoder graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 FEATURE_NAMES = (
     "mask_features",

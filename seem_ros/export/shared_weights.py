@@ -7,15 +7,19 @@ copies of the decoder's weights (148 MB each for Focal-T).
 
 `store_by_content` moves every initializer of at least `MIN_SHARED_BYTES` out of a graph file into
 `<graph folder>/weights/<key>.bin`, where key hashes its element type, shape and bytes, and renames it to
-that key: graphs with the same weights name the same files, and a file is never written twice.
-`SharedInitializers` memory-maps each such file once per process and gives every session that uses it the
-same read-only ONNX Runtime value (`SessionOptions.add_initializer`); sessions built this way must not
-pre-pack (`SHARED_SESSION_CONFIG`), else each keeps a packed copy of its own.
+that key: graphs with the same weights name the same files, and a file is never written twice. The list of
+a graph's weight files (names, element types, shapes) is written beside them as
+`weights/graph-<hash of the graph file>.json`, so loading needs no ONNX parser (importing the `onnx`
+package alone took 1.5 s of a warm start). `SharedInitializers` memory-maps each weight file once per
+process and gives every session that uses it the same read-only ONNX Runtime value
+(`SessionOptions.add_initializer`); sessions built this way must not pre-pack (`SHARED_SESSION_CONFIG`),
+else each keeps a packed copy of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -43,11 +47,20 @@ def content_key(data_type: int, dims: tuple[int, ...], raw: bytes) -> str:
     return digest.hexdigest()
 
 
+def graph_index_path(graph_path: Path, graph_bytes: bytes) -> Path:
+    """Where the list of a graph's weight files is: named by a hash of the graph file's bytes."""
+    return (
+        graph_path.parent
+        / WEIGHTS_FOLDER
+        / f"graph-{hashlib.blake2b(graph_bytes, digest_size=16).hexdigest()}.json"
+    )
+
+
 def store_by_content(path: str | Path, min_bytes: int = MIN_SHARED_BYTES) -> int:
     """Rewrite the ONNX file `path` so that each initializer of at least min_bytes (held as raw data) is
     ONNX external data in `<folder of path>/weights/<key>.bin`, named `<key>` in the graph (uses renamed;
-    initializers of equal content merged into one). Each weight file is written once, atomically.
-    Returns the number of initializers stored outside."""
+    initializers of equal content merged into one), and writes the graph's index of weight files. Each file
+    is written once, atomically. Returns the number of initializers stored outside."""
     import onnx
     from onnx.external_data_helper import set_external_data
 
@@ -57,7 +70,7 @@ def store_by_content(path: str | Path, min_bytes: int = MIN_SHARED_BYTES) -> int
     folder.mkdir(parents=True, exist_ok=True)
     renamed: dict[str, str] = {}
     kept: list[onnx.TensorProto] = []
-    stored: set[str] = set()
+    stored: dict[str, dict] = {}
     for tensor in proto.graph.initializer:
         raw = tensor.raw_data
         if len(raw) < min_bytes:
@@ -67,7 +80,11 @@ def store_by_content(path: str | Path, min_bytes: int = MIN_SHARED_BYTES) -> int
         renamed[tensor.name] = key
         if key in stored:
             continue
-        stored.add(key)
+        stored[key] = {
+            "file": f"{key}.bin",
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).str,
+            "shape": list(tensor.dims),
+        }
         _write_once(folder / f"{key}.bin", raw)
         tensor.name = key
         set_external_data(tensor, f"{WEIGHTS_FOLDER}/{key}.bin", offset=0, length=len(raw))
@@ -77,7 +94,9 @@ def store_by_content(path: str | Path, min_bytes: int = MIN_SHARED_BYTES) -> int
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
     _rename_uses(proto.graph, renamed)
-    onnx.save(proto, str(path))
+    graph_bytes = proto.SerializeToString()
+    _write_once(graph_index_path(path, graph_bytes), json.dumps(stored, indent=0).encode())
+    path.write_bytes(graph_bytes)
     return len(renamed)
 
 
@@ -124,29 +143,25 @@ class SharedInitializers:
         return sum(array.nbytes for array in self._arrays.values())
 
     def add_to(self, options: onnxruntime.SessionOptions, graph_path: str | Path) -> int:
-        """Give the session options `options` every initializer of the graph
-        file that lives in a weight file, and the config that stops pre-packing. Returns how many.
-        Raises FileNotFoundError naming a missing weight file."""
-        import onnx
-
+        """Give the session options `options` every initializer of the graph file that lives in a weight
+        file, and the config that stops pre-packing. Returns how many. Raises FileNotFoundError naming a
+        missing index or weight file."""
         graph_path = Path(graph_path)
-        proto = onnx.load(str(graph_path), load_external_data=False)
-        count = 0
-        for tensor in proto.graph.initializer:
-            if tensor.data_location != onnx.TensorProto.EXTERNAL:
-                continue
-            location = {entry.key: entry.value for entry in tensor.external_data}["location"]
-            value = self._value(
-                graph_path,
-                graph_path.parent / location,
-                onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type),
-                tuple(tensor.dims),
+        index_path = graph_index_path(graph_path, graph_path.read_bytes())
+        if not index_path.is_file():
+            raise FileNotFoundError(
+                f"the weight index {index_path} of {graph_path} is missing; "
+                "delete that graph to export it again"
             )
-            options.add_initializer(tensor.name, value)
-            count += 1
+        index = json.loads(index_path.read_text())
+        for name, entry in index.items():
+            value = self._value(
+                graph_path, index_path.parent / entry["file"], np.dtype(entry["dtype"]), tuple(entry["shape"])
+            )
+            options.add_initializer(name, value)
         for key, entry in SHARED_SESSION_CONFIG.items():
             options.add_session_config_entry(key, entry)
-        return count
+        return len(index)
 
     def _value(
         self, graph_path: Path, path: Path, dtype: np.dtype, shape: tuple[int, ...]
