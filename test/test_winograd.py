@@ -41,6 +41,23 @@ def test_matches_direct_convolution(in_channels: int, out_channels: int, height:
     assert _relative_error(actual_aligned, expected) < MAX_RELATIVE_ERROR
 
 
+@pytest.mark.parametrize(("bands", "height"), [(2, 8), (2, 20), (3, 12), (3, 28), (4, 16)])
+def test_bands_of_rows_give_the_same_output(bands: int, height: int):
+    generator = torch.Generator().manual_seed(bands + height)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    feature_map = torch.randn(2, 16, height, 12, generator=generator)
+    with torch.no_grad():
+        banded = WinogradConv2d.from_conv(conv, aligned=True, bands=bands)(feature_map)
+        expected = F.conv2d(feature_map.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    assert banded.shape == expected.shape
+    assert _relative_error(banded, expected) < MAX_RELATIVE_ERROR
+
+
+def test_bands_need_aligned_inputs():
+    with pytest.raises(ValueError, match="bands must be 1, or more with aligned inputs"):
+        WinogradConv2d.from_conv(torch.nn.Conv2d(4, 4, 3, padding=1), bands=2)
+
+
 @pytest.mark.parametrize(
     "conv",
     [
@@ -70,16 +87,16 @@ def test_pixel_decoder_with_winograd_matches_the_model(reference_dir: Path):
     assert isinstance(pixel_decoder.mask_features, torch.nn.Conv2d), "the model itself must stay unchanged"
 
 
-@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize(("aligned", "bands"), [(False, 1), (True, 1), (True, 2)])
 def test_exported_convolution_transforms_tiles_with_a_grouped_convolution_in_onnx_runtime(
-    tmp_path: Path, aligned: bool
+    tmp_path: Path, aligned: bool, bands: int
 ):
     import onnx
     import onnxruntime
 
     conv = torch.nn.Conv2d(32, 16, 3, padding=1)
     path = write_onnx(
-        WinogradConv2d.from_conv(conv, aligned=aligned).eval(),
+        WinogradConv2d.from_conv(conv, aligned=aligned, bands=bands).eval(),
         (torch.zeros(1, 32, 8, 8),),
         tmp_path / "winograd.onnx",
         ["feature_map"],
@@ -89,12 +106,16 @@ def test_exported_convolution_transforms_tiles_with_a_grouped_convolution_in_onn
         {},
     )
     nodes = onnx.load(str(path)).graph.node
-    (tile_transform,) = [node for node in nodes if node.op_type == "Conv"]
-    assert {attribute.name: attribute.i for attribute in tile_transform.attribute}["group"] == 32
+    tile_transforms = [node for node in nodes if node.op_type == "Conv"]
+    assert len(tile_transforms) == bands
+    assert all(
+        {attribute.name: attribute.i for attribute in conv.attribute}["group"] == 32
+        for conv in tile_transforms
+    )
     assert "DepthToSpace" in {node.op_type for node in nodes}
-    assert aligned != any(node.op_type in ("Pad", "Slice") for node in nodes)
+    assert (aligned and bands == 1) != any(node.op_type in ("Pad", "Slice") for node in nodes)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    height, width = (20, 28) if aligned else (21, 30)
+    height, width = (20, 28) if aligned else (21, 30)  # not the traced 8x8: bands follow the size
     feature_map = torch.randn(1, 32, height, width, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = F.conv2d(feature_map.double(), conv.weight.double(), conv.bias.double(), padding=1)

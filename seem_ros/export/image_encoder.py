@@ -34,7 +34,7 @@ INPUT_NAME = "padded_image"
 OUTPUT_NAMES = ("mask_features", "multi_scale_features_0", "multi_scale_features_1", "multi_scale_features_2")
 OUTPUT_STRIDES = (4, 32, 16, 8)
 """Stride of each output in `OUTPUT_NAMES` relative to the padded image."""
-EXPORT_FORMAT_VERSION = 5
+EXPORT_FORMAT_VERSION = 6
 """Bumped when the graph's inputs, outputs or meaning change, so cached files are rebuilt."""
 
 
