@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.timing import peak_rss_bytes, summarize
-from seem_ros.allocator import keep_freed_memory, share_main_heap
+from seem_ros.allocator import keep_freed_memory, share_main_heap, unmap_large_blocks
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)
@@ -470,6 +470,8 @@ def main() -> None:
     share_main_heap()
     if job.backend == "torch" and job.device == "cpu":
         keep_freed_memory()
+    if job.backend == "onnx":
+        unmap_large_blocks()
     result = run_job(job)
     print(json.dumps(result))
 

@@ -47,3 +47,43 @@ def _page_faults(policy: str) -> int:
 def test_kept_memory_is_reused_without_page_faults():
     assert _page_faults("default") > (FRAMES - 1) * PAGES_PER_FRAME  # every block faulted in afresh
     assert _page_faults("keep") < 3 * PAGES_PER_FRAME  # the heap grows now and then, mostly reused
+
+
+RELEASE = """
+import ctypes, sys
+from seem_ros.allocator import share_main_heap, unmap_large_blocks
+assert share_main_heap()
+if sys.argv[1] == "unmap":  # as build_predictor does for the onnx backend
+    assert unmap_large_blocks()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+libc.memset.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+MIB = 2**20
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+big = libc.malloc(24 * MIB)  # mapped; freeing it raises glibc's own mmap threshold to 24 MiB
+libc.memset(big, 1, 24 * MIB)
+libc.free(big)
+blocks = [libc.malloc(16 * MIB) for _ in range(2)]
+for block in blocks:
+    libc.memset(block, 1, 16 * MIB)
+before = resident()
+for block in blocks:
+    libc.free(block)
+print((before - resident()) // MIB)
+"""
+
+
+def _released_mib(policy: str) -> int:
+    completed = subprocess.run(
+        [sys.executable, "-c", RELEASE, policy], capture_output=True, text=True, timeout=60, check=True
+    )
+    return int(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the policy is glibc's")
+def test_large_freed_blocks_are_given_back_with_a_fixed_mmap_threshold():
+    assert _released_mib("default") < 16  # 16 MiB blocks came from the heap and stay resident
+    assert _released_mib("unmap") >= 30

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from seem_ros.allocator import keep_freed_memory
+from seem_ros.allocator import keep_freed_memory, unmap_large_blocks
 from seem_ros.cache import default_cache_dir
 from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.engine import SeemEngine
@@ -111,13 +111,16 @@ def build_engine(config: SegmenterConfig) -> SeemEngine:
 
 def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, str]]:
     """The local predictor (torch or onnx backend) of a configuration, and facts for logs (model, weights,
-    backend, start-up phases). For PyTorch on the CPU, the process keeps freed memory for reuse from now on
-    (`seem_ros.allocator.keep_freed_memory`)."""
+    backend, start-up phases). Sets the process's allocator policy for the backend from now on
+    (`seem_ros.allocator`): PyTorch on the CPU keeps freed memory for reuse, ONNX Runtime gives large freed
+    blocks back."""
     device = resolve_device(config.device)
     if config.backend not in ("torch", "onnx"):
         raise ValueError(f"backend {config.backend!r} is not available; use 'torch', 'onnx' or 'remote'")
     if config.backend == "torch" and device.type == "cpu":
         keep_freed_memory()
+    if config.backend == "onnx":
+        unmap_large_blocks()
     phases = StartupPhases()
     model, source = load_model_and_source(config.preset, config.checkpoint, config.random_weights)
     fingerprints = WeightsFingerprints(model, source)
