@@ -167,3 +167,38 @@ def test_output_names_are_stable() -> None:
         "multi_scale_features_1",
         "multi_scale_features_2",
     )
+
+
+def test_encoder_learns_channel_counts_the_graph_leaves_to_run_time(tmp_path: Path) -> None:
+    """SAM-ViT's exported pixel decoder reshapes to its channel counts, so the graph declares them as
+    symbols; the encoder learns them from its first run and binds outputs from then on."""
+    from onnx import TensorProto, helper
+
+    nodes, outputs = [], []
+    for name, stride in zip(OUTPUT_NAMES, (4, 32, 16, 8), strict=True):
+        pooled = f"{name}_pooled"
+        nodes.append(helper.make_node("AveragePool", ["padded_image"], [pooled], kernel_shape=[stride] * 2,
+                                      strides=[stride] * 2))  # fmt: skip
+        nodes.append(helper.make_node("Concat", [pooled, pooled], [name], axis=1))
+        outputs.append(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", f"{name}_channels", None, None])
+        )
+    graph = helper.make_graph(
+        nodes,
+        "symbolic_channels",
+        [helper.make_tensor_value_info("padded_image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        outputs,
+    )
+    path = tmp_path / "symbolic_channels.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    encoder = OnnxImageEncoder(path, providers=["CPUExecutionProvider"])
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # learning the channel counts, then bound outputs
+        features = encoder(images)
+        expected = torch.nn.functional.avg_pool2d(images, 4)
+        torch.testing.assert_close(features.mask_features, torch.cat([expected, expected], dim=1))
+        assert [tuple(level.shape) for level in features.multi_scale_features] == [
+            (2, 6, 2, 3),
+            (2, 6, 4, 6),
+            (2, 6, 8, 12),
+        ]

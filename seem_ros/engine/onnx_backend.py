@@ -129,7 +129,12 @@ class OnnxImageEncoder:
         outputs = {output.name: output for output in self.session.get_outputs()}
         if set(outputs) != set(OUTPUT_NAMES):
             raise ValueError(f"{self.path} has outputs {sorted(outputs)}, expected {list(OUTPUT_NAMES)}")
-        self._channels = [int(outputs[name].shape[1]) for name in OUTPUT_NAMES]
+        channels = [outputs[name].shape[1] for name in OUTPUT_NAMES]
+        # a graph may leave a channel count to run time (SAM-ViT's pixel decoder reshapes to it): the
+        # first call then learns them
+        self._channels: list[int] | None = (
+            channels if all(isinstance(count, int) for count in channels) else None
+        )
         self._binding = self.session.io_binding()
 
     def __call__(self, padded_images: Tensor) -> PixelFeatures:
@@ -138,8 +143,15 @@ class OnnxImageEncoder:
         transformer_encoder_features is None (the graph does not return it)."""
         if padded_images.dim() != 4 or padded_images.shape[1] != 3:
             raise ValueError(f"padded_images must be (B, 3, H, W), got {tuple(padded_images.shape)}")
-        batch, _, height, width = padded_images.shape
         image = padded_images.to(self.device, torch.float32).contiguous()
+        outputs = self._run_bound(image) if self._channels is not None else self._run_learning_channels(image)
+        outputs = [output.to(padded_images.device) for output in outputs]
+        return PixelFeatures(mask_features=outputs[0], multi_scale_features=outputs[1:])
+
+    def _run_bound(self, image: Tensor) -> list[Tensor]:
+        """Run into output tensors allocated here and bound to the session (no copy out)."""
+        assert self._channels is not None
+        batch, _, height, width = image.shape
         outputs = [
             torch.empty((batch, channels, height // stride, width // stride), device=self.device)
             for channels, stride in zip(self._channels, OUTPUT_STRIDES, strict=True)
@@ -155,8 +167,13 @@ class OnnxImageEncoder:
         self.session.run_with_iobinding(binding)
         if self.device.type == "cuda":
             binding.synchronize_outputs()
-        outputs = [output.to(padded_images.device) for output in outputs]
-        return PixelFeatures(mask_features=outputs[0], multi_scale_features=outputs[1:])
+        return outputs
+
+    def _run_learning_channels(self, image: Tensor) -> list[Tensor]:
+        """Run with outputs allocated by ONNX Runtime, and remember their channel counts for `_run_bound`."""
+        arrays = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: image.cpu().numpy()})
+        self._channels = [int(array.shape[1]) for array in arrays]
+        return [torch.from_numpy(array) for array in arrays]
 
 
 class ReleasedModule(nn.Module):
