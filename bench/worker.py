@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench.timing import peak_rss_bytes, summarize
-from seem_ros.allocator import keep_freed_memory, share_main_heap, unmap_large_blocks
+from seem_ros.allocator import share_main_heap, suit_backend
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)
@@ -468,10 +468,7 @@ def main() -> None:
     job = Job(**fields)
     # the node's allocator policy, so the model alone runs as it does there (see build_predictor)
     share_main_heap()
-    if job.backend == "torch" and job.device == "cpu":
-        keep_freed_memory()
-    if job.backend == "onnx":
-        unmap_large_blocks()
+    suit_backend(job.backend, torch.device(job.device).type)
     result = run_job(job)
     print(json.dumps(result))
 

@@ -64,6 +64,15 @@ def unmap_large_blocks() -> bool:
     return _mallopt(((M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES),))
 
 
+def suit_backend(backend: str, device_type: str) -> None:
+    """The policy for a process about to run `backend` ("torch", "onnx") on `device_type` ("cpu", "cuda"):
+    eager PyTorch on the CPU keeps freed memory, ONNX Runtime unmaps large blocks (module docstring)."""
+    if backend == "torch" and device_type == "cpu":
+        keep_freed_memory()
+    if backend == "onnx":
+        unmap_large_blocks()
+
+
 def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
     if not sys.platform.startswith("linux"):
         return False

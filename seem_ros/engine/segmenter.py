@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from seem_ros.allocator import keep_freed_memory, unmap_large_blocks
+from seem_ros.allocator import suit_backend
 from seem_ros.cache import default_cache_dir
 from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.engine import SeemEngine
@@ -117,10 +117,7 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
     device = resolve_device(config.device)
     if config.backend not in ("torch", "onnx"):
         raise ValueError(f"backend {config.backend!r} is not available; use 'torch', 'onnx' or 'remote'")
-    if config.backend == "torch" and device.type == "cpu":
-        keep_freed_memory()
-    if config.backend == "onnx":
-        unmap_large_blocks()
+    suit_backend(config.backend, device.type)
     phases = StartupPhases()
     model, source = load_model_and_source(config.preset, config.checkpoint, config.random_weights)
     fingerprints = WeightsFingerprints(model, source)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
-from seem_ros.cache import default_cache_dir
+from seem_ros.cache import default_cache_dir, write_atomically
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
@@ -91,7 +89,7 @@ def cached_random_weights(preset: str, seed: int = 0, cache_dir: str | Path | No
     model = randomize_weights(build_preset(preset), seed)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     try:
-        _write_atomically(path, lambda temporary: save_file(state, temporary))
+        write_atomically(path, lambda temporary: save_file(state, temporary))
     except OSError:
         return None
     return path
@@ -149,19 +147,7 @@ class WeightsFingerprints:
             if self.path is not None:
                 text = json.dumps(self._values, indent=1)
                 try:
-                    _write_atomically(self.path, lambda temporary: Path(temporary).write_text(text))
+                    write_atomically(self.path, lambda temporary: Path(temporary).write_text(text))
                 except OSError:
                     pass
         return value
-
-
-def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """`write(temporary)` a sibling of `path`, then rename it into place (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)

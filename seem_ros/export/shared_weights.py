@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from seem_ros.cache import write_atomically
 
 if TYPE_CHECKING:
     import onnx
@@ -102,15 +102,8 @@ def store_by_content(path: str | Path, min_bytes: int = MIN_SHARED_BYTES) -> int
 
 def _write_once(path: Path, data: bytes) -> None:
     """Write `data` to `path` unless it exists (same name, same content), under a temporary name first."""
-    if path.is_file() and path.stat().st_size == len(data):
-        return
-    handle, temporary = tempfile.mkstemp(suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    if not (path.is_file() and path.stat().st_size == len(data)):
+        write_atomically(path, lambda temporary: Path(temporary).write_bytes(data))
 
 
 def _rename_uses(graph: onnx.GraphProto, renamed: dict[str, str]) -> None:
