@@ -177,9 +177,11 @@ class SEEMDecoder(nn.Module):
         for level, features in enumerate(multi_scale_features):
             sizes.append((features.shape[-2], features.shape[-1]))
             pos = sine_position_embedding(features, features.shape[1] // 2)
-            positions.append(pos.flatten(2).permute(2, 0, 1))
+            # contiguous: attention projections of strided (h*w, B, D) views fall back to batched matrix
+            # products with a copy per call (in bf16 on the CPU, seconds per frame)
+            positions.append(pos.flatten(2).permute(2, 0, 1).contiguous())
             source = features.flatten(2) + self.level_embed.weight[level][None, :, None]
-            sources.append(source.permute(2, 0, 1))
+            sources.append(source.permute(2, 0, 1).contiguous())
         return sources, positions, sizes
 
     def encode_spatial_prompts(

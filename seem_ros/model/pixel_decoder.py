@@ -80,8 +80,9 @@ class FeatureMapEncoder(nn.Module):
     def forward(self, feature_map: Tensor) -> Tensor:
         """feature_map: (B, dim, h, w). Returns (B, dim, h, w)."""
         batch, dim, height, width = feature_map.shape
-        position = sine_position_embedding(feature_map, dim // 2).flatten(2).transpose(1, 2)
-        tokens = feature_map.flatten(2).transpose(1, 2)
+        # contiguous: attention projections of strided token views fall back to batched matrix products
+        position = sine_position_embedding(feature_map, dim // 2).flatten(2).transpose(1, 2).contiguous()
+        tokens = feature_map.flatten(2).transpose(1, 2).contiguous()
         encoded = self.encoder(tokens, position)
         return encoded.transpose(1, 2).reshape(batch, dim, height, width)
 
