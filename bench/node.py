@@ -30,10 +30,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.backends import node_parameters
+
 SECTION = "node"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STREAM_RATE_HZ = 30.0
 STREAM_SECONDS = 8.0
+RESEND_S = 15.0
 NODE_VOCABULARY = ("person", "cup", "table", "chair", "bottle", "wall", "floor")
 
 
@@ -73,7 +76,7 @@ def node_command(preset: str, backend: str, args: argparse.Namespace, **paramete
     command = replace(node, name=f"seem_node_{backend}").command(python=sys.executable)
     command += ["-r", f"__ns:=/{backend}"]
     values = {
-        "backend": backend,
+        **node_parameters(backend),
         "random_weights": True,
         "checkpoint": "''",
         "short_side": args.short_side,
@@ -179,6 +182,16 @@ def _measure_nodes(
         publishers[backend].publish(message)
         return (stamp.sec, stamp.nanosec), sent
 
+    def answered_frame(backend: str) -> tuple[tuple[int, int], float]:
+        """Publish a frame, again every `RESEND_S` until one is answered (a frame can be lost while
+        discovery completes on the node's side); the key and sending time of the answered one."""
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            key, sent = publish(backend)
+            if spin_until(lambda k=key: k in received, min(RESEND_S, deadline - time.monotonic())):
+                return key, sent
+        raise failure(f"no result from the {backend} seem_node")
+
     measured: dict[str, dict[str, list[float]]] = {
         backend: {"single": [], "model": []} for backend in backends
     }
@@ -190,9 +203,7 @@ def _measure_nodes(
             raise failure("seem_node did not start")
         for index in range(args.warmup + args.repeats):
             for backend in backends:
-                key, sent = publish(backend)
-                if not spin_until(lambda k=key: k in received, args.timeout):
-                    raise failure(f"no result from the {backend} seem_node")
+                key, sent = answered_frame(backend)
                 reports = len(inference_ms[backend])
                 spin_until(lambda b=backend, n=reports: len(inference_ms[b]) > n, 5.0)
                 if index >= args.warmup:

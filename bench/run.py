@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from bench.backends import BACKENDS
 from bench.node import run_node_section
 from bench.startup import run_startup_section, startup_table
 from bench.timing import PEAK_MEMORY_METHOD, markdown_table
 from bench.worker import Job
 
 ALL_PRESETS = ("focalt_tiny", "focalt_v1", "focall_v1", "samvitb_v1", "samvitl_v1")
-BACKENDS = ("torch", "onnx")
 SIZE_SWEEP = (256, 384, 480, 512, 640)
 QUICK_SIZE_SWEEP = (256, 512)
 SECTIONS = ("stages", "sizes", "post", "node", "startup")
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", choices=ALL_PRESETS, default=list(ALL_PRESETS))
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=["torch", "onnx"])
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (>= 1)")
     parser.add_argument("--warmup", type=int, default=1, help="discarded runs before timing (>= 0)")

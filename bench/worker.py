@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.backends import engine_backend, precision
 from bench.timing import peak_rss_bytes, summarize
 from seem_ros.allocator import share_main_heap, suit_backend
 
@@ -32,7 +33,7 @@ VOCABULARY_TEMPLATES = ("a photo of a {}.",)
 class Job:
     """What one worker process measures.
 
-    preset: model preset (random weights from `seed`). backend: "torch" or "onnx". task: "prepare",
+    preset: model preset (random weights from `seed`). backend: a name of `bench.backends`. task: "prepare",
     "stages" or "sizes". short_sides: model input short sides in pixels ("stages" uses the first).
     image_size: (height, width) of the synthetic camera image. repeats / warmup: timed and discarded runs.
     tracks: numbers of tracked targets. threads: CPU threads of torch and ONNX Runtime. device: torch
@@ -166,6 +167,12 @@ class Bench:
         )
         self.image_encoder = None
         self.decoder_backend = None
+        if precision(job.backend) != "fp32":
+            from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+
+            acceleration = TorchAcceleration(precision(job.backend))
+            self.image_encoder = TorchImageEncoder(self.model, acceleration)
+            self.decoder_backend = TorchDecoder(self.model, acceleration)
         self.export_s = 0.0
         self.export_checks: list[dict] = []
 
@@ -437,7 +444,7 @@ def run_job(job: Job) -> dict:
     start = time.perf_counter()
     bench.vocabulary_cache.embeddings(bench.vocabulary)
     vocabulary_s = time.perf_counter() - start
-    if job.backend == "onnx" or job.task == "prepare":
+    if engine_backend(job.backend) == "onnx" or job.task == "prepare":
         bench.prepare_onnx()
     rows: list[dict] = []
     if job.task == "stages":
@@ -468,7 +475,7 @@ def main() -> None:
     job = Job(**fields)
     # the node's allocator policy, so the model alone runs as it does there (see build_predictor)
     share_main_heap()
-    suit_backend(job.backend, torch.device(job.device).type)
+    suit_backend(engine_backend(job.backend), torch.device(job.device).type)
     result = run_job(job)
     print(json.dumps(result))
 

@@ -1,5 +1,5 @@
 """The benchmark's one command in its quick form: every section runs on this machine, the tables are
-printed and the JSON holds the rows of each (focalt_tiny with both backends, seem_node processes over DDS).
+printed and the JSON holds the rows of each (focalt_tiny with each backend, seem_node processes over DDS).
 No timing is asserted."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
     results_path = tmp_path / "bench.json"
     command = [sys.executable, "-m", "bench.run", "--quick", "--repeats", "1", "--warmup", "0"]
-    command += ["--sections", "stages", "sizes", "node"]
+    command += ["--sections", "stages", "sizes", "node", "--backends", "torch", "onnx", "torch_bf16"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--json", str(results_path)]
     completed = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1400, check=False
@@ -34,7 +34,7 @@ def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
         (result["job"]["preset"], result["job"]["backend"], result["job"]["task"])
         for result in document["results"]
     }
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "onnx", "torch_bf16"):
         assert ("focalt_tiny", backend, "stages") in jobs
         assert ("focalt_tiny", backend, "sizes") in jobs
     assert ("focalt_v1", "torch", "stages") in jobs
@@ -43,7 +43,7 @@ def test_quick_benchmark_prints_every_table_and_writes_json(tmp_path: Path):
     assert not [path for path in recorded_paths if path.startswith("/")], "machine paths in the JSON"
 
     node_rows = {(row["backend"], row["stage"]): row for row in document["node"]}
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "onnx", "torch_bf16"):
         for stage in ("node e2e", "model in node", "overhead", "stream 30 Hz latency"):
             assert (backend, stage) in node_rows
         assert node_rows[(backend, "stream 30 Hz latency")]["frames_answered"] > 0

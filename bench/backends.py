@@ -1,0 +1,29 @@
+"""The backends a benchmark compares, by name: what the node's parameters and the engine make of each.
+
+`torch` and `onnx` are the node's `backend` values; `torch_bf16` is the PyTorch backend under bf16
+autocast (`precision: bf16`), fast on CPUs with bf16 units (AMX, AVX-512 BF16). Names are also ROS
+namespaces and node names in the node section, so they hold letters, digits and underscores only.
+"""
+
+from __future__ import annotations
+
+BACKENDS: dict[str, dict[str, str]] = {
+    "torch": {"backend": "torch", "precision": "fp32"},
+    "onnx": {"backend": "onnx", "precision": "fp32"},
+    "torch_bf16": {"backend": "torch", "precision": "bf16"},
+}
+
+
+def node_parameters(name: str) -> dict[str, str]:
+    """The seem_node parameters (`backend`, `precision`) of the benchmark backend `name`."""
+    return dict(BACKENDS[name])
+
+
+def engine_backend(name: str) -> str:
+    """The engine backend ("torch" or "onnx") that the benchmark backend `name` runs on."""
+    return BACKENDS[name]["backend"]
+
+
+def precision(name: str) -> str:
+    """The PyTorch precision ("fp32" or "bf16") of the benchmark backend `name`."""
+    return BACKENDS[name]["precision"]
