@@ -78,17 +78,6 @@ def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, phot
         assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
 
 
-def test_bf16_on_the_cpu_encodes_channels_last_and_hands_on_contiguous_fp32(model):
-    encoder = TorchImageEncoder(model, TorchAcceleration("bf16"))
-    features = encoder(torch.randn(1, 3, 96, 128))
-    for level in [features.mask_features, *features.multi_scale_features]:
-        assert level.dtype == torch.float32 and level.is_contiguous()
-    convolutions = [weight for weight in model.backbone.parameters() if weight.dim() == 4]
-    assert convolutions and all(
-        weight.is_contiguous(memory_format=torch.channels_last) for weight in convolutions
-    )
-
-
 def test_settings_a_device_cannot_run_are_refused(model):
     with pytest.raises(ValueError, match="precision must be one of"):
         TorchAcceleration("int8")
