@@ -37,7 +37,7 @@ def compare(args: argparse.Namespace) -> list[dict]:
     """The agreement rows: one per click / text target, one for the generic pass."""
     import skimage.data
 
-    from seem_ros.engine.onnx_backend import cached_onnx_image_encoder
+    from seem_ros.engine.onnx_backend import exported_onnx_image_encoder
     from seem_ros.engine.onnx_decoder import OnnxDecoder
     from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
     from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
@@ -58,9 +58,9 @@ def compare(args: argparse.Namespace) -> list[dict]:
     backends = {
         "torch": {},
         "onnx": {
-            "image_encoder": cached_onnx_image_encoder(
+            "image_encoder": exported_onnx_image_encoder(
                 model, args.preset, cache_dir=onnx_dir, num_threads=args.threads
-            ),
+            )(),
             "decoder_backend": OnnxDecoder(model, args.preset, cache_dir=onnx_dir, num_threads=args.threads),
         },
     }

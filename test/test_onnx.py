@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from seem_ros.engine.onnx_backend import (
     ImageEncoderBackend,
     OnnxImageEncoder,
-    cached_onnx_image_encoder,
     export_cached_image_encoder,
+    exported_onnx_image_encoder,
     weights_fingerprint,
     winograd_suits,
 )
@@ -81,15 +81,15 @@ def test_encoder_reports_its_providers_and_checks_input(encoder: OnnxImageEncode
 
 
 def test_cache_exports_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> None:
-    first = cached_onnx_image_encoder(tiny_model, "focalt_tiny", cache_dir=tmp_path)
+    first = exported_onnx_image_encoder(tiny_model, "focalt_tiny", cache_dir=tmp_path)()
     modified = first.path.stat().st_mtime_ns
-    again = cached_onnx_image_encoder(tiny_model, "focalt_tiny", cache_dir=tmp_path)
+    again = exported_onnx_image_encoder(tiny_model, "focalt_tiny", cache_dir=tmp_path)()
     assert again.path == first.path
     assert again.path.stat().st_mtime_ns == modified
     assert weights_fingerprint(tiny_model) in first.path.name
 
     other = randomize_weights(build_preset("focalt_tiny"), seed=3).eval()
-    assert cached_onnx_image_encoder(other, "focalt_tiny", cache_dir=tmp_path).path != first.path
+    assert exported_onnx_image_encoder(other, "focalt_tiny", cache_dir=tmp_path)().path != first.path
     assert sorted(path.suffix for path in tmp_path.iterdir()) == [".onnx", ".onnx"]
 
 

@@ -1,6 +1,6 @@
 """Image encoder backends: the exported ONNX image encoder in ONNX Runtime, and its on-disk cache.
 
-    encoder = cached_onnx_image_encoder(model, preset="focalt_v1")
+    encoder = exported_onnx_image_encoder(model, preset="focalt_v1")()
     predictor = SeemPredictor(model, tokenizer, image_encoder=encoder)
 
 This module runs the image encoder (backbone + pixel decoder); `seem_ros.engine.onnx_decoder` runs the
@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -277,7 +278,7 @@ def cached_export(
     return path, checks
 
 
-def cached_onnx_image_encoder(
+def exported_onnx_image_encoder(
     model: SEEM,
     preset: str,
     cache_dir: str | Path | None = None,
@@ -285,9 +286,12 @@ def cached_onnx_image_encoder(
     num_threads: int | None = None,
     opset: int = DEFAULT_OPSET,
     fingerprint: str | None = None,
-) -> OnnxImageEncoder:
-    """An `OnnxImageEncoder` for `model`, exported on first use (see `export_cached_image_encoder`), in
-    the form that suits its providers (`winograd_suits`)."""
+) -> Callable[[], OnnxImageEncoder]:
+    """An `OnnxImageEncoder` for `model` in the form that suits its providers (`winograd_suits`), in two
+    steps: the graph is exported and checked when missing (`export_cached_image_encoder`) now, in this
+    thread; the returned call opens its session. ONNX Runtime releases the GIL while it builds a session
+    (graph optimisation, most of a warm start's ONNX time), so another thread can make that call while
+    this one goes on."""
     requested = checked_providers(providers)
     path, _ = export_cached_image_encoder(
         model,
@@ -297,4 +301,4 @@ def cached_onnx_image_encoder(
         winograd=winograd_suits(requested),
         fingerprint=fingerprint,
     )
-    return OnnxImageEncoder(path, providers=requested, num_threads=num_threads)
+    return partial(OnnxImageEncoder, path, providers=requested, num_threads=num_threads)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -130,17 +131,21 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
         image_encoder = TorchImageEncoder(model, acceleration)
         decoder_backend = TorchDecoder(model, acceleration)
     if config.backend == "onnx":
-        from seem_ros.engine.onnx_backend import cached_onnx_image_encoder, release_torch_image_encoder
+        from seem_ros.engine.onnx_backend import exported_onnx_image_encoder, release_torch_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder
         from seem_ros.export.decoder import DecoderGraphKind
 
-        image_encoder = cached_onnx_image_encoder(
+        open_image_encoder = exported_onnx_image_encoder(
             model, config.preset, fingerprint=fingerprints.image_encoder()
         )
         release_torch_image_encoder(model)
-        decoder_backend = OnnxDecoder(model, config.preset, fingerprint=fingerprints.decoder())
-        # the graph every frame without prompts needs; prompt graphs are exported when first used
-        decoder_backend.prepare([DecoderGraphKind()])
+        # the encoder's session is built in a thread while this one exports (when missing) and opens the
+        # decoder graph every frame without prompts needs; prompt graphs are exported when first used
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx_session") as pool:
+            opened = pool.submit(open_image_encoder)
+            decoder_backend = OnnxDecoder(model, config.preset, fingerprint=fingerprints.decoder())
+            decoder_backend.prepare([DecoderGraphKind()])
+            image_encoder = opened.result()
         phases.done("onnx")
     vocabulary = (
         Vocabulary.from_names(config.vocabulary, config.thing_names) if config.vocabulary else COCO_PANOPTIC
