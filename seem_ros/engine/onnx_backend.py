@@ -10,8 +10,6 @@ decoder's graphs; the text encoder stays in PyTorch. `onnxruntime` is imported o
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from seem_ros.cache import default_cache_dir
+from seem_ros.cache import default_cache_dir, write_atomically
 from seem_ros.export.image_encoder import (
     EXPORT_FORMAT_VERSION,
     INPUT_NAME,
@@ -263,18 +261,11 @@ def cached_export(
     """`<cache_dir>/<name>` (cache_dir defaults to `onnx_cache_dir()`); when missing, `export(path)` writes
     it under a temporary name that is renamed into place, so a crash never leaves a half-written model.
     Returns the path and the checks of a fresh export (empty when the file was already there)."""
-    folder = Path(cache_dir) if cache_dir is not None else onnx_cache_dir()
-    path = folder / name
+    path = (Path(cache_dir) if cache_dir is not None else onnx_cache_dir()) / name
     if path.is_file():
         return path, []
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=".onnx.partial", dir=folder)
-    os.close(handle)
-    try:
-        checks = export(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    checks: list[ExportCheck] = []
+    write_atomically(path, lambda temporary: checks.extend(export(temporary)))
     return path, checks
 
 

@@ -8,8 +8,6 @@ the class names and the templates, so a restart with the same checkpoint and voc
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from seem_ros.cache import default_cache_dir
+from seem_ros.cache import default_cache_dir, write_atomically
 from seem_ros.engine.errors import InputError
 from seem_ros.model.language import LanguageEncoder
 from seem_ros.model.tokenizer import ClipTokenizer
@@ -136,12 +134,11 @@ class VocabularyCache:
         return embeddings
 
     def _write(self, path: Path, embeddings: Tensor) -> None:
+        """Keep `embeddings` on disk when the cache folder is writable (a read-only cache costs only time)."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(handle)
-            save_file({"embeddings": embeddings.contiguous()}, temporary)
-            os.replace(temporary, path)
+            write_atomically(
+                path, lambda temporary: save_file({"embeddings": embeddings.contiguous()}, temporary)
+            )
         except OSError:
             return
 
