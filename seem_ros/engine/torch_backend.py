@@ -160,6 +160,10 @@ class TorchDecoder:
         self.acceleration.check_device(device)
         if self.acceleration.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
+        reduced = PRECISIONS[self.acceleration.precision]
+        if reduced is not None:
+            # cast once here rather than by autocast at each of the decoder's mask predictions
+            features = replace(features, mask_features=features.mask_features.to(reduced))
         with self.acceleration.autocast(device):
             output = self._decode(
                 features,
