@@ -17,7 +17,12 @@ from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.segmenter import build_segmenter, load_model
-from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+from seem_ros.engine.torch_backend import (
+    TorchAcceleration,
+    TorchDecoder,
+    TorchImageEncoder,
+    cpu_has_bf16_units,
+)
 from seem_ros.model.tokenizer import ClipTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +81,22 @@ def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, phot
         assert iou >= BF16_MIN_IOU
         difference = float((expected.mask_logits - actual.mask_logits).abs().max())
         assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_cautioned(tmp_path: Path):
+    without_units = tmp_path / "cpuinfo_avx2"
+    without_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")
+    with_units = tmp_path / "cpuinfo_amx"
+    with_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16\n")
+    cpu = torch.device("cpu")
+    assert cpu_has_bf16_units(without_units) is False
+    assert cpu_has_bf16_units(with_units) is True
+    assert cpu_has_bf16_units(tmp_path / "absent") is None
+    assert "no amx_bf16 or avx512_bf16" in TorchAcceleration("bf16").caution(cpu, without_units)
+    assert TorchAcceleration("bf16").caution(cpu, with_units) is None
+    assert TorchAcceleration("bf16").caution(cpu, tmp_path / "absent") is None
+    assert TorchAcceleration("fp32").caution(cpu, without_units) is None
+    assert TorchAcceleration("bf16").caution(torch.device("cuda"), without_units) is None
 
 
 def test_settings_a_device_cannot_run_are_refused(model):

@@ -174,6 +174,9 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
         "backend": backend,
         "startup": phases.describe(),
     }
+    caution = acceleration.caution(device) if config.backend == "torch" else None
+    if caution is not None:
+        description["caution"] = caution
     return predictor, description
 
 

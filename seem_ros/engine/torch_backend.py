@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+CPUINFO = Path("/proc/cpuinfo")
+BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,16 @@ class TorchAcceleration:
             parts.append("cuda-graphs")
         return "torch-" + "-".join(parts)
 
+    def caution(self, device: torch.device, cpuinfo: Path = CPUINFO) -> str | None:
+        """What a user should know before running this acceleration on `device`, or None: bf16 on a CPU
+        that reports no bf16 units runs slower than fp32."""
+        if self.precision != "bf16" or device.type != "cpu" or cpu_has_bf16_units(cpuinfo) is not False:
+            return None
+        return (
+            "precision bf16 on a CPU without bf16 units (no amx_bf16 or avx512_bf16 flag): expect frames "
+            "slower than with fp32"
+        )
+
     def autocast(self, device: torch.device) -> torch.autocast:
         dtype = PRECISIONS[self.precision]
         return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
@@ -86,6 +99,16 @@ class TorchAcceleration:
             return function
         mode = "reduce-overhead" if self.cuda_graphs else "default"
         return torch.compile(function, mode=mode, dynamic=False, fullgraph=False)
+
+
+def cpu_has_bf16_units(cpuinfo: Path = CPUINFO) -> bool | None:
+    """Whether the CPU reports bf16 units (AMX or AVX-512 BF16) among its flags in `cpuinfo`; None where
+    that file cannot be read (not Linux)."""
+    try:
+        flags = set(cpuinfo.read_text(encoding="utf-8", errors="replace").split())
+    except OSError:
+        return None
+    return bool(flags & BF16_CPU_FLAGS)
 
 
 def _model_device(model: SEEM) -> torch.device:

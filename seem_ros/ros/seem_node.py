@@ -201,6 +201,8 @@ class SeemNode(LifecycleNode):
             for camera in self._cameras.values()
         )
         self.get_logger().info(f"ready: {described}; {topics}")
+        if "caution" in self._engine.describe():
+            self.get_logger().warning(self._engine.describe()["caution"])
         self._publish_feedback("", CommandOutcome(True, "Ready."), action="ready")
         return super().on_activate(state)
 
