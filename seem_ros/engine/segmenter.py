@@ -174,7 +174,7 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
         "backend": backend,
         "startup": phases.describe(),
     }
-    caution = acceleration.caution(device) if config.backend == "torch" else None
+    caution = acceleration.caution(device)
     if caution is not None:
         description["caution"] = caution
     return predictor, description

@@ -12,7 +12,7 @@ so the predictor treats every backend alike. The accelerations are for CUDA devi
 
 - precision: the model runs under autocast in bf16 or fp16 (weights stay fp32; features are handed on
   as fp32). bf16 keeps fp32's range, so no logit overflows; fp16 has more mantissa. bf16 also runs on
-  the CPU: about twice as fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it
+  the CPU: 1.6 to 1.9 times as fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it
   has none. (Channels-last maps would speed the CPU's bf16 convolutions up further, but GroupNorm and
   the FPN then run on channels-last bf16 maps and the tracked masks left the stated tolerance: IoU 0.906
   against fp32 on full-size Focal-T, 0.961 without.)

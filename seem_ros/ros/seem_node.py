@@ -195,14 +195,15 @@ class SeemNode(LifecycleNode):
                 callback_group=self._groups.prompts,
             )
         self._active = True
-        described = ", ".join(f"{key} {value}" for key, value in self._engine.describe().items())
+        facts = self._engine.describe()
+        described = ", ".join(f"{key} {value}" for key, value in facts.items())
         topics = ", ".join(
             f"camera '{camera.session.name}' on {self.resolve_topic_name(camera.inputs.image_topic)}"
             for camera in self._cameras.values()
         )
         self.get_logger().info(f"ready: {described}; {topics}")
-        if "caution" in self._engine.describe():
-            self.get_logger().warning(self._engine.describe()["caution"])
+        if "caution" in facts:
+            self.get_logger().warning(facts["caution"])
         self._publish_feedback("", CommandOutcome(True, "Ready."), action="ready")
         return super().on_activate(state)
 
