@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
 
 import rclpy
 from rclpy.executors import Executor, MultiThreadedExecutor
@@ -17,22 +19,82 @@ from seem_ros.ros.parameters import ParameterError
 SPIN_PERIOD_S = 0.1
 """How often the spinning main thread looks at the stop request (the longest wait after Ctrl-C)."""
 
+Result = TypeVar("Result")
+
 
 class OrderlyMultiThreadedExecutor(MultiThreadedExecutor):
-    """A MultiThreadedExecutor whose shutdown() first lets the callback its threads are running finish and
-    cancels the ones still queued, and only then tears the executor down.
+    """A MultiThreadedExecutor that removes entities safely while it spins, and whose shutdown() first lets
+    the callback its threads are running finish and cancels the ones still queued.
 
-    rclpy's own shutdown destroys the executor's guard condition before it joins its threads, so a callback
-    still queued or running fails ("cannot use Destroyable because destruction was requested").
+    Two races of rclpy's own executor are closed here:
+    - A subscription or publisher destroyed from a callback thread (a lifecycle transition) while the
+      spinning thread builds its wait set ends the process: rclpy gathers the node's event handlers, and one
+      destroyed after that is still added ("cannot use Destroyable because destruction was requested").
+      `call_between_waits` runs such work on the spinning thread, between two waits.
+    - rclpy's shutdown destroys the executor's guard condition before it joins its threads, so a callback
+      still queued or running fails the same way.
     """
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._between_waits: list[tuple[Callable[[], object], Future]] = []
+        self._between_waits_lock = threading.Lock()
+        self._spinning_thread: int | None = None
+
+    def call_between_waits(self, work: Callable[[], Result]) -> Result:
+        """Run `work` where it cannot race the wait set: at once when called from the spinning thread or
+        while nothing spins, else on the spinning thread before its next wait (this thread waits for it)."""
+        with self._between_waits_lock:
+            spinning = self._spinning_thread
+            if spinning is None or spinning == threading.get_ident():
+                queued = None
+            else:
+                queued = Future()
+                self._between_waits.append((work, queued))
+        if queued is None:
+            return work()
+        self.create_task(_nothing)  # a ready task ends the spinning thread's wait and its spin_once
+        return queued.result()
+
+    def spin_once(self, timeout_sec: float | None = None) -> None:
+        with self._between_waits_lock:
+            self._spinning_thread = threading.get_ident()
+        self._run_work_between_waits()
+        super().spin_once(timeout_sec)
+
     def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
+        with self._between_waits_lock:
+            self._spinning_thread = None  # from here on, work asked for runs in the thread that asks
+        self._run_work_between_waits()  # a callback still waiting for its work can then finish
         self._executor.shutdown(wait=True, cancel_futures=True)
         with self._tasks_lock:
             never_started = [task for task, _, _ in self._tasks if not task.done()]
         for task in never_started:
             task.cancel()  # closes its coroutine, which would otherwise be reported as never awaited
         return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
+
+    def _run_work_between_waits(self) -> None:
+        with self._between_waits_lock:
+            waiting, self._between_waits = self._between_waits, []
+        for work, done in waiting:
+            try:
+                done.set_result(work())
+            except BaseException as error:  # the thread that asked for the work raises it
+                done.set_exception(error)
+
+
+def _nothing() -> None:
+    """A task that only wakes the spinning thread."""
+
+
+def call_between_waits(node: Node, work: Callable[[], Result]) -> Result:
+    """Run `work` (destroying a subscription or publisher, say) where it cannot race the node's executor:
+    through an OrderlyMultiThreadedExecutor's `call_between_waits`, else at once (a single-threaded executor
+    runs callbacks on its spinning thread)."""
+    executor = node.executor
+    if isinstance(executor, OrderlyMultiThreadedExecutor):
+        return executor.call_between_waits(work)
+    return work()
 
 
 def sensor_qos(depth: int) -> QoSProfile:

@@ -89,7 +89,7 @@ from seem_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_status
 from seem_ros.ros.frames import PointTransformer
 from seem_ros.ros.inputs import COMMAND_QOS, CallbackGroups, CameraInputs, FrameSlots
-from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, run_node
+from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, call_between_waits, run_node
 from seem_ros.ros.parameters import NodeSettings, declare_and_read
 from seem_ros.ros.publishing import CameraOutputs, GeometrySource
 
@@ -210,11 +210,7 @@ class SeemNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop subscribing and publishing; a frame being inferred finishes without being published."""
         self._active = False
-        for camera in self._cameras.values():
-            camera.inputs.unsubscribe()
-        if self._node_prompt is not None:
-            self.destroy_subscription(self._node_prompt)
-            self._node_prompt = None
+        call_between_waits(self, self._unsubscribe)
         self._slots.clear()
         self.get_logger().info("inactive: subscriptions removed, the model stays loaded")
         return super().on_deactivate(state)
@@ -222,14 +218,24 @@ class SeemNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Free the model: sessions, services and publishers go too (after a frame being inferred)."""
         with self._inference_lock:
-            for camera in self._cameras.values():
-                camera.inputs.destroy()
-                camera.outputs.destroy()
-            self._cameras.clear()
+            call_between_waits(self, self._destroy_cameras)
             self._engine = None
         gc.collect()
         self.get_logger().info("cleaned up: model freed")
         return super().on_cleanup(state)
+
+    def _unsubscribe(self) -> None:
+        for camera in self._cameras.values():
+            camera.inputs.unsubscribe()
+        if self._node_prompt is not None:
+            self.destroy_subscription(self._node_prompt)
+            self._node_prompt = None
+
+    def _destroy_cameras(self) -> None:
+        for camera in self._cameras.values():
+            camera.inputs.destroy()
+            camera.outputs.destroy()
+        self._cameras.clear()
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self._active:
