@@ -9,6 +9,7 @@ ValueError. One test checks the generic (panoptic) output against the official i
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ import torch
 from assets import reference_image, skimage_image, tiny_reference_model
 from safetensors.torch import load_file
 
+from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -28,6 +30,7 @@ from seem_ros.engine.prompts import (
     Target,
     TextPrompt,
 )
+from seem_ros.engine.session import SessionSettings
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
 from seem_ros.model.postprocess import resize_mask_logits
 from seem_ros.model.seem import SEEM
@@ -513,3 +516,22 @@ def test_masks_come_back_at_the_original_size(predictor: SeemPredictor, size: tu
     generic = predictor.predict([], generic=True).generic
     assert generic.panoptic.shape == size
     assert prediction.targets[0].mask.shape == size
+
+
+def test_the_engine_runs_the_model_on_one_thread_whoever_calls(predictor, coffee, monkeypatch):
+    """One OpenMP thread team for all model work (see `seem_ros.engine.engine`)."""
+    model_threads: set[int] = set()
+    predict_frames = predictor.predict_frames
+
+    def recording(requests):
+        model_threads.add(threading.get_ident())
+        return predict_frames(requests)
+
+    monkeypatch.setattr(predictor, "predict_frames", recording)
+    session = SeemEngine(predictor, SessionSettings()).open_session()
+    session.process(coffee)
+    caller = threading.Thread(target=session.process, args=(coffee,))
+    caller.start()
+    caller.join()
+    assert len(model_threads) == 1
+    assert threading.get_ident() not in model_threads and caller.ident not in model_threads

@@ -7,15 +7,21 @@
 
 A step plans every stream's frame (its session checks the image and says what to decode), hands all
 requests to the predictor at once (which batches what it can: see `SeemPredictor.predict_frames`), and
-gives each session its answer. The model runs one step (or one `segment_once`) at a time; prompts may
-arrive on other threads meanwhile.
+gives each session its answer. The model runs one step (or one `segment_once`) at a time, always on the
+engine's own model thread, whichever thread calls; prompts may arrive on other threads meanwhile.
+
+One thread for all model work because PyTorch's intra-op pool (OpenMP) keeps a team of threads per calling
+thread: once two threads have run the model, libgomp has more threads than cores, throttles its
+spin-waiting, and every parallel region pays a sleep and a wake-up (Focal-T frames 15 to 20% slower on a
+2-core CPU, as a node whose executor threads take turns would run them).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-from typing import Protocol
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -25,6 +31,8 @@ from seem_ros.engine.results import FrameResult
 from seem_ros.engine.session import FramePlan, Session, SessionSettings
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.model.tokenizer import ClipTokenizer
+
+Result = TypeVar("Result")
 
 
 class FramePredictor(Protocol):
@@ -60,7 +68,12 @@ class SeemEngine:
         self.settings = settings
         self._description = dict(description or {})
         self._sessions: dict[str, Session] = {}
-        self._model_lock = threading.Lock()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seem_model")
+        weakref.finalize(self, self._model_thread.shutdown, wait=False)
+
+    def _on_model_thread(self, work: Callable[[], Result]) -> Result:
+        """`work()` run on the model thread (one call at a time); its result, or what it raised."""
+        return self._model_thread.submit(work).result()
 
     @property
     def tokenizer(self) -> ClipTokenizer:
@@ -89,8 +102,7 @@ class SeemEngine:
         self._sessions.pop(name, None)
 
     def prepare_vocabulary(self, vocabulary: Vocabulary) -> None:
-        with self._model_lock:
-            self.predictor.prepare_vocabulary(vocabulary)
+        self._on_model_thread(lambda: self.predictor.prepare_vocabulary(vocabulary))
 
     def step(self, frames: Sequence[tuple[Session, np.ndarray]]) -> list[FrameResult | Exception]:
         """Segment one frame of each given session, together. Returns, per frame in order, its result or
@@ -103,11 +115,11 @@ class SeemEngine:
             except InputError as error:
                 outcomes[index] = error
         if plans:
-            with self._model_lock:
-                try:
-                    answers = self.predictor.predict_frames([plan.request for _, plan in plans])
-                except Exception as error:  # a predictor that fails a whole step fails each of its frames
-                    answers = [error] * len(plans)
+            requests = [plan.request for _, plan in plans]
+            try:
+                answers = self._on_model_thread(lambda: self.predictor.predict_frames(requests))
+            except Exception as error:  # a predictor that fails a whole step fails each of its frames
+                answers = [error] * len(plans)
             for (index, plan), answer in zip(plans, answers, strict=True):
                 session = frames[index][0]
                 outcomes[index] = (
@@ -117,8 +129,7 @@ class SeemEngine:
 
     def predict(self, request: FrameRequest) -> Prediction:
         """One frame outside any stream (e.g. `Session.segment_once`); raises what it failed with."""
-        with self._model_lock:
-            answer = self.predictor.predict_frames([request])[0]
+        answer = self._on_model_thread(lambda: self.predictor.predict_frames([request]))[0]
         if isinstance(answer, Exception):
             raise answer
         return answer
