@@ -83,6 +83,24 @@ def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, phot
         assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
 
 
+def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_contiguous_fp32(model):
+    pixel_decoder = model.sem_seg_head.pixel_decoder
+    convolution = next(
+        module
+        for module in pixel_decoder.modules()
+        if isinstance(module, torch.nn.Conv2d) and module.kernel_size != (1, 1)  # 1x1: either layout
+    )
+    image = torch.randn(1, 3, 96, 128)
+    try:
+        features = TorchImageEncoder(model, TorchAcceleration("bf16"))(image)
+        assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
+        for feature_map in (features.mask_features, *features.multi_scale_features):
+            assert feature_map.dtype == torch.float32 and feature_map.is_contiguous()
+    finally:
+        TorchImageEncoder(model, TorchAcceleration())(image)  # the module-scoped model back to NCHW
+    assert convolution.weight.is_contiguous()
+
+
 def test_bf16_on_a_cpu_without_bf16_units_is_cautioned(tmp_path: Path):
     without_units = tmp_path / "cpuinfo_avx2"
     without_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")
@@ -131,6 +149,12 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     for row in measured:
         assert set(row["stages"]) == {"preprocess", "image_encoder", "decoder", "postprocess"}
         assert row["frames_per_second"] > 0
+    for row in measured:
+        if row["variant"] == "autocast":
+            agreement = row["agreement_vs_eager_fp32"]
+            assert agreement["masks"] == 12  # four photos, three clicks each
+            assert 0.0 <= agreement["mask_iou_min"] <= agreement["mask_iou_mean"] <= 1.0
+            assert 0.0 < agreement["feature_error"] < 0.05
 
 
 def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(photo):
