@@ -12,7 +12,7 @@ so the predictor treats every backend alike. The accelerations are for CUDA devi
 
 - precision: the model runs under autocast in bf16 or fp16 (weights stay fp32; features are handed on
   as fp32). bf16 keeps fp32's range, so no logit overflows; fp16 has more mantissa. bf16 also runs on
-  the CPU: 1.6 to 1.9 times as fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it
+  the CPU: about 2.2 times as fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it
   has none. There the pixel decoder runs on channels-last maps, the layout oneDNN's bf16 convolutions
   compute in (NCHW maps are reordered around every convolution: Focal-T's encoder at 512x704 616 -> 440
   ms on an AMX CPU; its features' error against fp32 is the same to four digits).
