@@ -55,11 +55,7 @@ def validate_rgb(rgb: np.ndarray, max_pixels: int | None = None) -> None:
         raise InputError(f"image must be HxWx3 uint8 RGB, got {rgb.shape} {rgb.dtype}")
     if rgb.shape[0] < 8 or rgb.shape[1] < 8:
         raise InputError(f"image is too small: {rgb.shape[1]}x{rgb.shape[0]} pixels (at least 8x8)")
-    if max_pixels is not None and rgb.shape[0] * rgb.shape[1] > max_pixels:
-        raise InputError(
-            f"image has {rgb.shape[0] * rgb.shape[1]} pixels, more than the limit {max_pixels}; "
-            "raise max_image_pixels or send smaller images"
-        )
+    check_pixel_count(rgb.shape[1], rgb.shape[0], max_pixels)
 
 
 class ImageTooLarge(InputError):
