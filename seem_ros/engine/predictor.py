@@ -237,12 +237,10 @@ class SeemPredictor:
         """The padded, normalised (1, 3, H', W') model input of an RGB image, and its resized (H, W)."""
         validate_rgb(rgb)
         resized = self.transform.apply_image(rgb)
-        tensor = (
-            torch.from_numpy(np.require(resized, requirements=["C", "W"]))
-            .permute(2, 0, 1)[None]
-            .to(self.device)
-        )
-        return self.model.preprocess(tensor), resized.shape[:2]
+        image = torch.from_numpy(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)[None]
+        if self.device.type == "cuda":  # a page-locked copy goes up without blocking the host
+            image = image.pin_memory().to(self.device, non_blocking=True)
+        return self.model.preprocess(image), resized.shape[:2]
 
     def _image_features(self, padded: Tensor, timings: dict[str, float]) -> PixelFeatures:
         """Image encoder on (B, 3, H', W') padded inputs; its stage times go into `timings`."""
