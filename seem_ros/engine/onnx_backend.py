@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,12 +27,9 @@ from seem_ros.export.image_encoder import (
     OUTPUT_STRIDES,
     export_and_check_image_encoder,
 )
-from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, session_options
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -68,25 +65,6 @@ def checked_providers(providers: Sequence[str] | None) -> list[str]:
     if missing:
         raise ValueError(f"execution providers {missing} are not in this onnxruntime build ({available})")
     return requested
-
-
-def session_options(num_threads: int | None) -> onnxruntime.SessionOptions:
-    """Options of every seem_ros session: all graph optimisations, `num_threads` intra-op threads of the
-    CPU provider (None lets ONNX Runtime choose, one per core), and no CPU memory arena.
-
-    Each session's arena grows to its own peak and keeps it: an image encoder and four decoder graphs held
-    about 0.8 GiB more at Focal-T's 512x704 than the same sessions allocating from the C heap (peak RSS 3.0
-    -> 2.2 GiB, measured over a panoptic frame, a text target and four tracked clicks)."""
-    import onnxruntime
-
-    if num_threads is not None and num_threads < 1:
-        raise ValueError(f"num_threads must be at least 1, got {num_threads}")
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
-    if num_threads is not None:
-        options.intra_op_num_threads = num_threads
-    return options
 
 
 def buffer_device(providers: Sequence[str]) -> torch.device:

@@ -22,14 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seem_ros.engine.onnx_backend import (
-    buffer_device,
-    cached_export,
-    checked_providers,
-    session_options,
-)
+from seem_ros.engine.onnx_backend import buffer_device, cached_export, checked_providers
 from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
-from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck
+from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, session_options
 from seem_ros.export.shared_weights import SharedInitializers
 from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
 from seem_ros.model.features import PixelFeatures

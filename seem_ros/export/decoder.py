@@ -40,7 +40,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
+from seem_ros.export.onnx_file import (
+    DEFAULT_OPSET,
+    ExportCheck,
+    raise_if_export_differs,
+    session_options,
+    write_onnx,
+)
 from seem_ros.export.shared_weights import SharedInitializers, store_by_content
 from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
@@ -315,7 +321,7 @@ def check_decoder(
     import onnxruntime
 
     graph = _cpu_float_graph(decoder, kind)
-    options = onnxruntime.SessionOptions()
+    options = session_options(None)
     shared = SharedInitializers()
     shared.add_to(options, path)
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -25,7 +25,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, raise_if_export_differs, write_onnx
+from seem_ros.export.onnx_file import (
+    DEFAULT_OPSET,
+    ExportCheck,
+    raise_if_export_differs,
+    session_options,
+    write_onnx,
+)
 from seem_ros.export.winograd import winograd_pixel_decoder
 from seem_ros.model.pixel_decoder import TransformerEncoderPixelDecoder
 from seem_ros.model.seem import SEEM
@@ -134,7 +140,8 @@ def check_image_encoder(
     if input_sizes is None:
         input_sizes = [example_input_size(model)]
         input_sizes.append((384, 640) if has_dynamic_input(model) else example_input_size(model))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = session_options(None)
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     checks = []
     for index, (height, width) in enumerate(input_sizes):
