@@ -32,13 +32,12 @@ import numpy as np
 import torch
 
 from bench.timing import summarize
-from seem_ros.engine.predictor import EncodedImage, Prediction, SeemPredictor
+from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target
 from seem_ros.engine.segmenter import load_model
 from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
 from seem_ros.engine.tracker import Tracker
 from seem_ros.engine.vocabulary_cache import VocabularyCache
-from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
 
@@ -141,45 +140,12 @@ def camera_frames(frame: np.ndarray, count: int, camera: int) -> list[np.ndarray
     return [np.roll(frame, 4 * (index + camera), axis=1) for index in range(count)]
 
 
-def encode_batch(
-    predictor: SeemPredictor, rgbs: list[np.ndarray], timings: dict[str, float]
-) -> list[EncodedImage]:
-    """Encode same-size frames in one image-encoder pass; one `EncodedImage` per frame. Adds the batch's
-    "preprocess" and "image_encoder" seconds to `timings`."""
-    model, device = predictor.model, predictor.device
-    start = time.perf_counter()
-    resized = [predictor.transform.apply_image(rgb) for rgb in rgbs]
-    batch = torch.from_numpy(np.stack(resized)).permute(0, 3, 1, 2)
-    if device.type == "cuda":
-        batch = batch.pin_memory()
-    padded = model.preprocess(batch.to(device, non_blocking=True))
-    synchronize(device)
-    timings["preprocess"] = time.perf_counter() - start
-    start = time.perf_counter()
-    features = predictor.image_encoder(padded)
-    synchronize(device)
-    timings["image_encoder"] = time.perf_counter() - start
-    encoded = []
-    for index, rgb in enumerate(rgbs):
-        one = PixelFeatures(
-            mask_features=features.mask_features[index : index + 1],
-            multi_scale_features=[level[index : index + 1] for level in features.multi_scale_features],
-        )
-        encoded.append(EncodedImage(one, rgb.shape[:2], resized[index].shape[:2], tuple(padded.shape[-2:])))
-    return encoded
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_frames(predictor: SeemPredictor, cameras: list[Camera], frame_index: int) -> list[Prediction]:
     """One step of every camera: batched encode, then each camera's decode and tracker update."""
-    batch_timings: dict[str, float] = {}
-    encoded = encode_batch(predictor, [camera.frames[frame_index] for camera in cameras], batch_timings)
+    encoded = predictor.encode_batch([camera.frames[frame_index] for camera in cameras])
+    batch_timings = encoded[0][1]  # the frames are of one size: one pass, one set of timings
     predictions = []
-    for camera, image in zip(cameras, encoded, strict=True):
+    for camera, (image, _) in zip(cameras, encoded, strict=True):
         predictor.set_encoded(image)
         planned = camera.tracker.plan(image.original_size)
         prediction = predictor.predict(
