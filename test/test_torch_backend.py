@@ -71,6 +71,38 @@ def test_fp32_backends_give_the_predictors_outputs(model, tokenizer, photo):
     assert np.array_equal(inline.generic.panoptic, backend.generic.panoptic)
 
 
+def test_a_tracked_target_is_decoded_in_one_graph_with_the_predictors_draws(
+    model, tokenizer, photo, monkeypatch
+):
+    """A click carried forward with its memory prompt (spatial and memory queries, the pass's random
+    choices): TorchDecoder draws the choices before it calls the decode function, which dynamo then traces
+    as one graph (a compiled decoder is one graph; CUDA graphs replay it whole), with the masks the
+    predictor's own PyTorch decode gives."""
+    explanations = []
+    decode = model.decode
+
+    def traced_decode(*args, **kwargs):
+        explanations.append(torch._dynamo.explain(decode)(*args, **kwargs))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "decode", traced_decode)
+    backend = SeemPredictor(model, tokenizer, short_side=96, decoder_backend=TorchDecoder(model))
+    monkeypatch.undo()
+    inline = SeemPredictor(model, tokenizer, short_side=96)
+    click = [Target(visual=(ClickPrompt(60.0, 40.0),))]
+    previous = {}
+    for predictor in (backend, inline):
+        predictor.set_image(photo)
+        first = predictor.predict(click).targets[0]
+        second = predictor.predict(click, [first.mask_logits]).targets[0]
+        previous[predictor] = (first, second)
+    assert [explanation.graph_break_count for explanation in explanations] == [0, 0]
+    assert [explanation.graph_count for explanation in explanations] == [1, 1]
+    for expected, actual in zip(previous[inline], previous[backend], strict=True):
+        assert np.array_equal(expected.mask, actual.mask)
+        torch.testing.assert_close(actual.mask_logits, expected.mask_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, photo):
     reference = _predict(model, tokenizer, photo, None)
     reduced = _predict(model, tokenizer, photo, TorchAcceleration("bf16"))

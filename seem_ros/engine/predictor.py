@@ -45,6 +45,7 @@ from seem_ros.engine.prompts import (
     ScribblePrompt,
     Target,
 )
+from seem_ros.engine.torch_backend import to_device
 from seem_ros.engine.vocabulary_cache import (
     COCO_PANOPTIC,
     SentenceEmbeddingCache,
@@ -238,9 +239,7 @@ class SeemPredictor:
         validate_rgb(rgb)
         resized = self.transform.apply_image(rgb)
         image = torch.from_numpy(np.require(resized, requirements=["C", "W"])).permute(2, 0, 1)[None]
-        if self.device.type == "cuda":  # a page-locked copy goes up without blocking the host
-            image = image.pin_memory().to(self.device, non_blocking=True)
-        return self.model.preprocess(image), resized.shape[:2]
+        return self.model.preprocess(to_device(image, self.device)), resized.shape[:2]
 
     def _image_features(self, padded: Tensor, timings: dict[str, float]) -> PixelFeatures:
         """Image encoder on (B, 3, H', W') padded inputs; its stage times go into `timings`."""

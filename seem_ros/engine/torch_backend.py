@@ -154,6 +154,14 @@ class TorchImageEncoder:
             self._pixel_decoder_layout = layout
 
 
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`; a CPU tensor goes up to a CUDA device from page-locked memory, without
+    making the host wait for the device's queue."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _owned_fp32(tensor: Tensor, copy: bool) -> Tensor:
     """Floating tensors as contiguous fp32 (a new tensor when converted, or copied when `copy`); others
     unchanged."""
@@ -193,9 +201,21 @@ class TorchDecoder:
         generator: torch.Generator | None = None,
     ) -> DecoderOutput:
         """As `SEEM.decode`. Under autocast or CUDA graphs, `predictions` holds only the final step, in
-        fp32 and owned by the caller."""
+        fp32 and owned by the caller.
+
+        The pass's random choices are drawn here, on the CPU from `generator` as `SEEM.decode` draws them,
+        and go up to the device with the inputs: the decoder itself draws nothing, so a compiled decoder
+        is one graph (a draw inside it would split it in five, each split a wait for the device)."""
         device = features.mask_features.device
         self.acceleration.check_device(device)
+        choices: dict[str, Tensor | None] = {}
+        if spatial_tokens is not None:
+            spatial_query_index, memory_slot_prompt_index = self.model.decoder.draw_query_choices(
+                spatial_tokens.num_prompts, previous_masks is not None, generator
+            )
+            choices["spatial_query_index"] = to_device(spatial_query_index, device)
+            if memory_slot_prompt_index is not None:
+                choices["memory_slot_prompt_index"] = to_device(memory_slot_prompt_index, device)
         if self.acceleration.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         reduced = PRECISIONS[self.acceleration.precision]
@@ -209,7 +229,7 @@ class TorchDecoder:
                 grounding=grounding,
                 spatial_tokens=spatial_tokens,
                 previous_masks=previous_masks,
-                generator=generator,
+                **choices,
             )
         if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
             return output

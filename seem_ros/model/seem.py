@@ -131,8 +131,11 @@ class SEEM(nn.Module):
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
+        spatial_query_index: Tensor | None = None,
+        memory_slot_prompt_index: Tensor | None = None,
     ) -> DecoderOutput:
-        """Run the decoder on encoded features; see `SEEMDecoder.forward` for the prompt arguments."""
+        """Run the decoder on encoded features; see `SEEMDecoder.forward` for the prompt arguments and
+        the random choices (drawn from `generator` unless given)."""
         return self.decoder(
             features.multi_scale_features,
             features.mask_features,
@@ -142,6 +145,8 @@ class SEEM(nn.Module):
             spatial_tokens=spatial_tokens,
             previous_masks=previous_masks,
             generator=generator,
+            spatial_query_index=spatial_query_index,
+            memory_slot_prompt_index=memory_slot_prompt_index,
         )
 
     def encode_spatial_reference(
