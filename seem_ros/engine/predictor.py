@@ -45,7 +45,6 @@ from seem_ros.engine.prompts import (
     ScribblePrompt,
     Target,
 )
-from seem_ros.engine.torch_backend import to_device
 from seem_ros.engine.vocabulary_cache import (
     COCO_PANOPTIC,
     SentenceEmbeddingCache,
@@ -58,6 +57,7 @@ from seem_ros.model.postprocess import panoptic_inference, resize_mask_logits
 from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens, concatenate_spatial_tokens
 from seem_ros.model.tokenizer import ClipTokenizer
+from seem_ros.model.transfer import to_device
 
 EMPTY_MEMORY_LOGIT = -30.0
 MAX_LONG_SIDE = 2048
@@ -333,7 +333,8 @@ class SeemPredictor:
             raise ValueError(f"prompt point ({x}, {y}) is outside the {width}x{height} image")
 
     def _visual_masks(self, encoded: EncodedImage, target: Target) -> tuple[Tensor, Tensor]:
-        """(H', W') bool positive and negative prompt masks of a target's visual prompts."""
+        """(H', W') bool positive and negative prompt masks of a target's visual prompts, on the host
+        (their points are drawn there)."""
         height, width = encoded.original_size
         radius = max(1, round(self.click_radius * height / encoded.image_size[0]))
         shapes: dict[bool, list[PromptShape]] = {True: [], False: []}
@@ -370,7 +371,7 @@ class SeemPredictor:
             0,
             encoded.padded_size[0] - encoded.image_size[0],
         )
-        return F.pad(masks[True], pad).to(self.device), F.pad(masks[False], pad).to(self.device)
+        return F.pad(masks[True], pad), F.pad(masks[False], pad)
 
     @torch.inference_mode()
     def _reference(self, prompt: ReferringImagePrompt) -> SpatialPromptTokens:
@@ -388,7 +389,7 @@ class SeemPredictor:
             0,
             reference.padded_size[0] - reference.image_size[0],
         )
-        positive = F.pad(mask, pad)[None].to(self.device)
+        positive = F.pad(mask, pad)[None]
         tokens = self.model.encode_spatial_reference(
             reference.features, positive, torch.zeros_like(positive), torch.Generator().manual_seed(0)
         )
@@ -457,10 +458,11 @@ class SeemPredictor:
             spatial_tokens = concatenate_spatial_tokens(parts)
             if any(previous_logits[i] is not None for i in visual_ids):
                 size = encoded.features.mask_features.shape[-2:]
-                previous = torch.full((1, len(visual_ids), *size), EMPTY_MEMORY_LOGIT, device=self.device)
+                previous = torch.full((1, len(visual_ids), *size), EMPTY_MEMORY_LOGIT)
                 for slot, i in enumerate(visual_ids):
                     if previous_logits[i] is not None:
-                        previous[0, slot] = previous_logits[i].to(self.device)
+                        previous[0, slot] = previous_logits[i]
+                previous = to_device(previous, self.device)
 
         decode = self.model.decode
         if self.decoder_backend is not None and self.decoder_backend.supports(

@@ -40,6 +40,7 @@ from seem_ros.model.decoder import DecoderOutput, GroundingTokens
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
+from seem_ros.model.transfer import to_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPUINFO = Path("/proc/cpuinfo")
@@ -152,14 +153,6 @@ class TorchImageEncoder:
         if layout != self._pixel_decoder_layout:
             self.model.sem_seg_head.pixel_decoder.to(memory_format=layout)
             self._pixel_decoder_layout = layout
-
-
-def to_device(tensor: Tensor, device: torch.device) -> Tensor:
-    """`tensor` on `device`; a CPU tensor goes up to a CUDA device from page-locked memory, without
-    making the host wait for the device's queue."""
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 def _owned_fp32(tensor: Tensor, copy: bool) -> Tensor:

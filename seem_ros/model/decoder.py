@@ -24,7 +24,11 @@ from torch import Tensor, nn
 
 from seem_ros.model.decoder_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from seem_ros.model.position_encoding import sine_position_embedding
-from seem_ros.model.spatial_prompts import SpatialPromptTokens, encode_spatial_prompts
+from seem_ros.model.spatial_prompts import (
+    SpatialPromptTokens,
+    encode_spatial_prompts,
+    sample_spatial_prompt_points,
+)
 
 if TYPE_CHECKING:
     from seem_ros.model.language import LanguageEncoder
@@ -208,16 +212,11 @@ class SEEMDecoder(nn.Module):
         negative_masks: Tensor,
         generator: torch.Generator | None,
     ) -> SpatialPromptTokens:
+        points = sample_spatial_prompt_points(
+            positive_masks, negative_masks, self.max_spatial_points, generator
+        )
         return encode_spatial_prompts(
-            positive_masks,
-            negative_masks,
-            mask_features,
-            sources,
-            sizes,
-            list(self.mask_sptial_embed),
-            self.pn_indicator.weight,
-            self.max_spatial_points,
-            generator,
+            points, mask_features, sources, sizes, list(self.mask_sptial_embed), self.pn_indicator.weight
         )
 
     # ------------------------------------------------------------------ forward

@@ -10,7 +10,9 @@ Point coordinates are (y / H', x / W') of the padded grid, sampled with `grid_sa
 align_corners=True)`, as the official v1 code does. The official code draws the points with
 `torch.multinomial` even when every point is kept; the draws are made here in the same order from
 the given generator (positive mean, negative mean, then positive and negative per level), so a
-seeded run reproduces the official tensors.
+seeded run reproduces the official tensors. Sampling (`sample_spatial_prompt_points`) runs on the host,
+where the prompts are drawn, and encoding (`encode_spatial_prompts`) on the model's device: the device
+gets the points in one transfer and never has to report a count back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from seem_ros.model.transfer import to_device
 
 
 @dataclass
@@ -43,29 +47,92 @@ class SpatialPromptTokens:
         return self.mean_positive.shape[0]
 
 
-def sample_prompt_points(masks: Tensor, max_points: int, generator: torch.Generator | None) -> Tensor:
+@dataclass
+class PromptPoints:
+    """Pixels sampled from prompt masks.
+
+    rows: (K, 3) float32 (prompt index, y / H', x / W') in raster order, so each prompt's rows are
+    consecutive. counts: how many rows each prompt has, known on the host.
+    """
+
+    rows: Tensor
+    counts: tuple[int, ...]
+
+
+@dataclass
+class SpatialPromptPoints:
+    """The points of one image's visual prompts, in the order they are drawn: positive and negative points
+    for the prompts' mean vectors, then per decoder level positive and negative points."""
+
+    mean_positive: PromptPoints
+    mean_negative: PromptPoints
+    level_positive: list[PromptPoints]
+    level_negative: list[PromptPoints]
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.mean_positive.counts)
+
+    def _groups(self) -> list[PromptPoints]:
+        return [self.mean_positive, self.mean_negative, *self.level_positive, *self.level_negative]
+
+    def to(self, device: torch.device) -> SpatialPromptPoints:
+        """The same points on `device`, moved in one transfer."""
+        groups = self._groups()
+        rows = to_device(torch.cat([group.rows for group in groups]), device)
+        moved = [
+            PromptPoints(part, group.counts)
+            for part, group in zip(rows.split([len(group.rows) for group in groups]), groups, strict=True)
+        ]
+        levels = len(self.level_positive)
+        return SpatialPromptPoints(moved[0], moved[1], moved[2 : 2 + levels], moved[2 + levels :])
+
+
+def sample_prompt_points(masks: Tensor, max_points: int, generator: torch.Generator | None) -> PromptPoints:
     """Sample prompt pixels the way SEEM v1 does.
 
-    masks: (n, H', W') bool prompt masks at the padded size.
-    Returns (K, 3) float32 rows (prompt index, y / H', x / W'), K = min(max_points, #pixels), in raster
-    order. Every prompt present gets the same total probability.
+    masks: (n, H', W') bool prompt masks at the padded size, best on the CPU: the draws are made there
+    (from a CPU generator, so a seeded call draws the same points on every device).
+    Returns K = min(max_points, #pixels) points on the CPU. Every prompt present gets the same total
+    probability.
     """
-    points = masks.nonzero()
+    num_prompts, height, width = masks.shape
+    points = masks.cpu().nonzero()
     if points.shape[0] == 0:
-        return torch.zeros((0, 3), dtype=torch.float32, device=masks.device)
-    _, height, width = masks.shape
-    scale = torch.tensor([1, height, width], device=masks.device)[None]
-    normalized = points / scale
+        return PromptPoints(torch.zeros((0, 3), dtype=torch.float32), (0,) * num_prompts)
+    normalized = points / torch.tensor([1, height, width])[None]
     prompt_of_point = points[:, 0]
     present, counts = prompt_of_point.unique(return_counts=True)
-    weight_per_prompt = torch.zeros(masks.shape[0], dtype=torch.float32, device=masks.device)
+    weight_per_prompt = torch.zeros(num_prompts, dtype=torch.float32)
     weight_per_prompt[present] = 1.0 / (len(present) * counts)
     probabilities = weight_per_prompt[prompt_of_point]
-    # drawn on the CPU with a CPU generator, so a seeded call draws the same points on every device
     chosen = torch.multinomial(
-        probabilities.cpu(), min(max_points, len(probabilities)), replacement=False, generator=generator
+        probabilities, min(max_points, len(probabilities)), replacement=False, generator=generator
     ).sort()[0]
-    return normalized[chosen.to(masks.device)]
+    chosen_counts = torch.bincount(prompt_of_point[chosen], minlength=num_prompts)
+    return PromptPoints(normalized[chosen], tuple(chosen_counts.tolist()))
+
+
+def sample_spatial_prompt_points(
+    positive_masks: Tensor, negative_masks: Tensor, max_points: list[int], generator: torch.Generator | None
+) -> SpatialPromptPoints:
+    """Draw the points of one image's visual prompts in the official order.
+
+    positive_masks, negative_masks: (n, H', W') bool at the padded input size.
+    max_points: per decoder level, then one more for the mean vectors (the official `MAX_SPATIAL_LEN`).
+    """
+    if positive_masks.shape != negative_masks.shape or positive_masks.dim() != 3:
+        raise ValueError(
+            "positive and negative prompt masks must both be (n, H, W), got "
+            f"{tuple(positive_masks.shape)} and {tuple(negative_masks.shape)}"
+        )
+    mean_positive = sample_prompt_points(positive_masks, max_points[-1], generator)
+    mean_negative = sample_prompt_points(negative_masks, max_points[-1], generator)
+    level_positive, level_negative = [], []
+    for level_max_points in max_points[:-1]:
+        level_positive.append(sample_prompt_points(positive_masks, level_max_points, generator))
+        level_negative.append(sample_prompt_points(negative_masks, level_max_points, generator))
+    return SpatialPromptPoints(mean_positive, mean_negative, level_positive, level_negative)
 
 
 def sample_features(features: Tensor, points_xy: Tensor) -> Tensor:
@@ -78,68 +145,64 @@ def sample_features(features: Tensor, points_xy: Tensor) -> Tensor:
     return F.grid_sample(features, grid, mode="bilinear", align_corners=True).squeeze(3)
 
 
-def _mean_per_prompt(features: Tensor, prompt_index: Tensor, num_prompts: int) -> Tensor:
-    """features: (C, K); prompt_index: (K,) long. Returns (num_prompts, C), -1 rows for empty prompts."""
+def _mean_per_prompt(features: Tensor, counts: tuple[int, ...]) -> Tensor:
+    """features: (C, K), each prompt's `counts` columns in turn. Returns (num_prompts, C), -1 rows for
+    prompts without a point."""
     means = []
-    for prompt in range(num_prompts):
-        selected = prompt_index == prompt
-        if selected.any():
-            means.append(features[:, selected].mean(dim=1))
+    start = 0
+    for count in counts:
+        if count:
+            means.append(features[:, start : start + count].mean(dim=1))
         else:
             means.append(-torch.ones(features.shape[0], dtype=features.dtype, device=features.device))
+        start += count
     return torch.stack(means)
 
 
+def _point_features(features: Tensor, rows: Tensor) -> Tensor:
+    """features: (1, C, H, W); rows: (K, 3) points. Returns (1, C, K)."""
+    return sample_features(features, rows[None, :, 1:].flip(-1).to(features.dtype))
+
+
 def encode_spatial_prompts(
-    positive_masks: Tensor,
-    negative_masks: Tensor,
+    points: SpatialPromptPoints,
     mask_features: Tensor,
     level_sources: list[Tensor],
     level_sizes: list[tuple[int, int]],
     level_projections: list[Tensor],
     positive_negative_embedding: Tensor,
-    max_points: list[int],
-    generator: torch.Generator | None,
 ) -> SpatialPromptTokens:
-    """Build the spatial prompt tokens of one image.
+    """Build the spatial prompt tokens of one image from its sampled points (`sample_spatial_prompt_points`).
 
-    positive_masks, negative_masks: (n, H', W') bool at the padded input size.
     mask_features: (1, D, H'/4, W'/4). level_sources: per level (h_i * w_i, 1, D) decoder memory
     (features + level embedding, no position embedding), sizes in level_sizes.
     level_projections: per level (D, D) `mask_sptial_embed`. positive_negative_embedding: (2, D).
-    max_points: per level, then one more for the mean vectors (the official `MAX_SPATIAL_LEN`).
+    Nothing here waits for the device: the points go up in one transfer and every count is on the host.
     """
-    if positive_masks.shape != negative_masks.shape or positive_masks.dim() != 3:
-        raise ValueError(
-            "positive and negative prompt masks must both be (n, H, W), got "
-            f"{tuple(positive_masks.shape)} and {tuple(negative_masks.shape)}"
-        )
     if mask_features.shape[0] != 1:
         raise ValueError(
             f"visual prompts are encoded one image at a time, got batch {mask_features.shape[0]}"
         )
-    num_prompts = positive_masks.shape[0]
-    means = []
-    for masks in (positive_masks, negative_masks):
-        points = sample_prompt_points(masks, max_points[-1], generator)
-        sampled = sample_features(mask_features, points[None, :, 1:].flip(-1).to(mask_features.dtype))
-        means.append(_mean_per_prompt(sampled[0], points[:, 0].long(), num_prompts)[:, None])
-
+    points = points.to(mask_features.device)
+    means = [
+        _mean_per_prompt(_point_features(mask_features, group.rows)[0], group.counts)[:, None]
+        for group in (points.mean_positive, points.mean_negative)
+    ]
     tokens, paddings, indices = [], [], []
     for level, (source, (height, width)) in enumerate(zip(level_sources, level_sizes, strict=True)):
         projected = (source.view(height, width, 1, -1) @ level_projections[level]).permute(2, 3, 0, 1)
-        positive_points = sample_prompt_points(positive_masks, max_points[level], generator)
-        negative_points = sample_prompt_points(negative_masks, max_points[level], generator)
-        points = torch.cat([positive_points, negative_points])
-        level_tokens = sample_features(projected, points[None, :, 1:].flip(-1).to(projected.dtype))
-        level_tokens = level_tokens.permute(2, 0, 1)
-        is_positive = torch.arange(points.shape[0], device=points.device) < positive_points.shape[0]
-        indicator = torch.where(
-            is_positive[:, None], positive_negative_embedding[0:1], positive_negative_embedding[1:2]
+        positive, negative = points.level_positive[level], points.level_negative[level]
+        rows = torch.cat([positive.rows, negative.rows])
+        level_tokens = _point_features(projected, rows).permute(2, 0, 1)
+        indicator = torch.cat(
+            [
+                positive_negative_embedding[0:1].expand(len(positive.rows), -1),
+                positive_negative_embedding[1:2].expand(len(negative.rows), -1),
+            ]
         )
         tokens.append(level_tokens + indicator[:, None])
-        paddings.append(torch.zeros((1, points.shape[0]), dtype=torch.bool, device=points.device))
-        indices.append(points[None, :, 0:1])
+        paddings.append(torch.zeros((1, rows.shape[0]), dtype=torch.bool, device=rows.device))
+        indices.append(rows[None, :, 0:1])
     return SpatialPromptTokens(
         mean_positive=means[0],
         mean_negative=means[1],

@@ -1,0 +1,54 @@
+"""Visual prompt sampling (`seem_ros.model.spatial_prompts`): the points are drawn on the host with their
+per-prompt counts, so encoding them on the device needs no count read back."""
+
+from __future__ import annotations
+
+import torch
+
+from seem_ros.model.spatial_prompts import (
+    encode_spatial_prompts,
+    sample_prompt_points,
+    sample_spatial_prompt_points,
+)
+
+
+def _masks() -> torch.Tensor:
+    """Three prompts on a 16x24 grid: a block, nothing, a stripe."""
+    masks = torch.zeros(3, 16, 24, dtype=torch.bool)
+    masks[0, 2:6, 3:9] = True
+    masks[2, 10, :] = True
+    return masks
+
+
+def test_points_come_per_prompt_in_raster_order_with_their_counts() -> None:
+    points = sample_prompt_points(_masks(), 20, torch.Generator().manual_seed(0))
+    assert points.rows.device.type == "cpu" and points.rows.shape == (20, 3)
+    assert sum(points.counts) == 20 and points.counts[1] == 0 and min(points.counts[0], points.counts[2]) > 0
+    expected_prompts = torch.repeat_interleave(torch.arange(3), torch.tensor(points.counts))
+    assert torch.equal(points.rows[:, 0].long(), expected_prompts)
+    again = sample_prompt_points(_masks(), 20, torch.Generator().manual_seed(0))
+    assert torch.equal(points.rows, again.rows)
+
+
+def test_every_pixel_is_kept_when_there_are_fewer_than_max_points() -> None:
+    points = sample_prompt_points(_masks(), 1000, torch.Generator().manual_seed(0))
+    assert points.counts == (24, 0, 24)
+
+
+def test_tokens_of_sampled_points() -> None:
+    masks = _masks()
+    points = sample_spatial_prompt_points(masks, torch.zeros_like(masks), [8, 8, 8, 12], None)
+    assert points.num_prompts == 3 and points.mean_negative.counts == (0, 0, 0)
+    moved = points.to(torch.device("cpu"))
+    assert torch.equal(moved.level_positive[2].rows, points.level_positive[2].rows)
+    dim = 4
+    mask_features = torch.randn(1, dim, 4, 6)
+    sizes = [(1, 1), (1, 2), (2, 3)]
+    sources = [torch.randn(height * width, 1, dim) for height, width in sizes]
+    tokens = encode_spatial_prompts(
+        points, mask_features, sources, sizes, [torch.eye(dim)] * 3, torch.randn(2, dim)
+    )
+    assert tokens.num_prompts == 3
+    assert torch.equal(tokens.mean_positive[1], -torch.ones(1, dim))  # the empty prompt
+    assert torch.equal(tokens.mean_negative, -torch.ones(3, 1, dim))
+    assert [level.shape for level in tokens.level_tokens] == [(8, 1, dim)] * 3
