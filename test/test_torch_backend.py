@@ -23,6 +23,7 @@ from seem_ros.engine.torch_backend import (
     TorchImageEncoder,
     cpu_has_bf16_units,
 )
+from seem_ros.model.decoder import GroundingTokens
 from seem_ros.model.tokenizer import ClipTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,57 @@ def test_a_tracked_target_is_decoded_in_one_graph_with_the_predictors_draws(
     for expected, actual in zip(previous[inline], previous[backend], strict=True):
         assert np.array_equal(expected.mask, actual.mask)
         torch.testing.assert_close(actual.mask_logits, expected.mask_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_prompt_tokens_changes_no_answer(model, tokenizer, photo):
+    """Padding tokens (what a compiled decoder runs with) attend only each other: the same masks."""
+    predictor = SeemPredictor(model, tokenizer, short_side=96)
+    predictor.set_image(photo)
+    features = predictor.encoded.features
+    positive, negative = predictor._visual_masks(predictor.encoded, Target(visual=(ClickPrompt(60.0, 40.0),)))
+    with torch.inference_mode():
+        tokens = model.encode_spatial_reference(features, positive[None], negative[None])
+    grounding = GroundingTokens(torch.randn(5, 1, tokens.level_tokens[0].shape[-1]), torch.zeros(1, 5).bool())
+    class_embeddings = predictor.vocabulary_cache.embeddings(predictor.vocabulary)
+    with torch.inference_mode():
+        outputs = [
+            model.decode(
+                features,
+                class_embeddings,
+                grounding=words,
+                spatial_tokens=points,
+                generator=torch.Generator().manual_seed(0),
+            ).final
+            for words, points in (
+                (grounding, tokens),
+                (grounding.padded_to(128), tokens.padded_to([128] * 3)),
+            )
+        ]
+    for name in ("object_masks", "grounding_masks", "spatial_masks", "spatial_class_embeddings"):
+        torch.testing.assert_close(getattr(outputs[1], name), getattr(outputs[0], name), atol=1e-5, rtol=1e-5)
+
+
+def test_a_compiled_decoder_compiles_one_graph_for_clicks_of_any_size(model, tokenizer, photo):
+    """Clicks whose disks cover different numbers of pixels (inside the photo, at its edge) are decoded
+    by one compiled graph (prompt tokens padded to a bucket), with the eager decoder's masks."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = SeemPredictor(
+        model, tokenizer, short_side=96, decoder_backend=TorchDecoder(model, TorchAcceleration(compile=True))
+    )
+    eager = SeemPredictor(model, tokenizer, short_side=96)
+    counts = []
+    for x in (60.0, 2.0):
+        click = [Target(visual=(ClickPrompt(x, 40.0),))]
+        answers = []
+        for predictor in (eager, compiled):
+            predictor.set_image(photo)
+            answers.append(predictor.predict(click).targets[0])
+        counts.append(int(eager._visual_masks(eager.encoded, click[0])[0].sum()))
+        torch.testing.assert_close(answers[1].mask_logits, answers[0].mask_logits, atol=1e-4, rtol=1e-4)
+    assert counts[0] != counts[1]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
 
 
 def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, photo):

@@ -18,8 +18,9 @@ so the predictor treats every backend alike. The accelerations are for CUDA devi
   ms on an AMX CPU; its features' error against fp32 is the same to four digits).
 - compile: `torch.compile` (inductor, Triton kernels on CUDA) of the image encoder and of the decoder.
   Shapes are static: a graph is compiled per padded input size (a camera has one) and, for the decoder,
-  per prompt layout (number of text, visual and memory targets). Dynamo's recompile limit bounds how many
-  layouts are compiled; beyond it a call runs eagerly, never fails.
+  per prompt layout (number of text, visual and memory targets; their tokens padded to one of a few
+  sizes). Dynamo's recompile limit bounds how many layouts are compiled; beyond it a call runs eagerly,
+  never fails.
 - cuda_graphs: the compiled graphs are recorded as CUDA graphs and replayed (inductor's
   "reduce-overhead" mode), which removes the per-kernel launch cost that dominates a small decoder.
   Outputs of a replay live in memory the next replay reuses: the encoder's features are copied out so an
@@ -45,6 +46,7 @@ from seem_ros.model.transfer import to_device
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPUINFO = Path("/proc/cpuinfo")
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+TOKEN_BUCKETS = (128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,30 @@ class TorchImageEncoder:
             self._pixel_decoder_layout = layout
 
 
+def token_bucket(count: int) -> int:
+    """The number of prompt tokens a compiled decoder runs with for `count` tokens: 128, 256, 512 or 1024,
+    then multiples of 1024 (a click's disk is about 70 pixels of the model input, one target's strokes
+    or mask at most 1024 points per level: 4 sizes; extra tokens cost the decoder little, a compilation
+    costs minutes)."""
+    for bucket in TOKEN_BUCKETS:
+        if count <= bucket:
+            return bucket
+    return -(-count // TOKEN_BUCKETS[-1]) * TOKEN_BUCKETS[-1]
+
+
+def _bucketed(
+    grounding: GroundingTokens | None, spatial_tokens: SpatialPromptTokens | None
+) -> tuple[GroundingTokens | None, SpatialPromptTokens | None]:
+    """The prompt tokens padded to their buckets (the decoder's answer is unchanged)."""
+    if grounding is not None:
+        grounding = grounding.padded_to(token_bucket(grounding.tokens.shape[0]))
+    if spatial_tokens is not None:
+        spatial_tokens = spatial_tokens.padded_to(
+            [token_bucket(level.shape[0]) for level in spatial_tokens.level_tokens]
+        )
+    return grounding, spatial_tokens
+
+
 def _owned_fp32(tensor: Tensor, copy: bool) -> Tensor:
     """Floating tensors as contiguous fp32 (a new tensor when converted, or copied when `copy`); others
     unchanged."""
@@ -196,11 +222,15 @@ class TorchDecoder:
         """As `SEEM.decode`. Under autocast or CUDA graphs, `predictions` holds only the final step, in
         fp32 and owned by the caller.
 
-        The pass's random choices are drawn here, on the CPU from `generator` as `SEEM.decode` draws them,
-        and go up to the device with the inputs: the decoder itself draws nothing, so a compiled decoder
-        is one graph (a draw inside it would split it in five, each split a wait for the device)."""
+        Compiled, the prompt tokens are padded to a bucket (`token_bucket`): a graph is compiled per
+        bucket, not per count of a click's pixels or a sentence's words. The pass's random choices are
+        drawn here, on the CPU from `generator` as `SEEM.decode` draws them, and go up to the device with
+        the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw inside
+        it would split it in five, each split a wait for the device)."""
         device = features.mask_features.device
         self.acceleration.check_device(device)
+        if self.acceleration.compile:
+            grounding, spatial_tokens = _bucketed(grounding, spatial_tokens)
         choices: dict[str, Tensor | None] = {}
         if spatial_tokens is not None:
             spatial_query_index, memory_slot_prompt_index = self.model.decoder.draw_query_choices(

@@ -45,6 +45,15 @@ class GroundingTokens:
     tokens: Tensor
     padding: Tensor
 
+    def padded_to(self, length: int) -> GroundingTokens:
+        """The same tokens padded to `length` (zeros, padding True): the decoder gives the same answer."""
+        extra = length - self.tokens.shape[0]
+        if extra < 0:
+            raise ValueError(f"{self.tokens.shape[0]} grounding tokens are more than {length}")
+        return GroundingTokens(
+            F.pad(self.tokens, (0, 0, 0, 0, 0, extra)), F.pad(self.padding, (0, extra), value=True)
+        )
+
 
 @dataclass
 class DecoderPrediction:

@@ -17,6 +17,7 @@ gets the points in one transfer and never has to report a count back.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,21 @@ class SpatialPromptTokens:
     @property
     def num_prompts(self) -> int:
         return self.mean_positive.shape[0]
+
+    def padded_to(self, lengths: Sequence[int]) -> SpatialPromptTokens:
+        """The same prompts with each level's tokens padded to `lengths[level]` tokens (zeros, prompt index
+        -1, padding True): a padding token attends only other padding tokens and nothing attends it, so
+        the decoder gives the same answer, from inputs of a shape fixed per length."""
+        tokens, paddings, indices = [], [], []
+        for level, length in enumerate(lengths):
+            count = self.level_tokens[level].shape[0]
+            extra = length - count
+            if extra < 0:
+                raise ValueError(f"level {level} has {count} tokens, more than {length}")
+            tokens.append(F.pad(self.level_tokens[level], (0, 0, 0, 0, 0, extra)))
+            paddings.append(F.pad(self.level_padding[level], (0, extra), value=True))
+            indices.append(F.pad(self.level_prompt_index[level], (0, 0, 0, extra), value=-1.0))
+        return SpatialPromptTokens(self.mean_positive, self.mean_negative, tokens, paddings, indices)
 
 
 @dataclass
