@@ -42,25 +42,27 @@ def multi_scale_deformable_attention(
     Returns (B, Lq, M*Dh).
     """
     batch, _, num_heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    _, num_queries, _, _, num_points, _ = sampling_locations.shape
     value_levels = value.split([height * width for height, width in spatial_shapes], dim=1)
     sampling_grids = 2 * sampling_locations - 1
-    sampled = []
+    output = value.new_zeros(batch * num_heads, head_dim, num_queries)
     for level, (height, width) in enumerate(spatial_shapes):
         # (B, H*W, M, Dh) -> (B*M, Dh, H, W)
         value_map = (
             value_levels[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, height, width)
         )
-        # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
-        grid = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(value_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (B, Lq, M, P, 2) -> (B*M, P, Lq, 2): the queries last, so the samples (B*M, Dh, P, Lq) are
+        # weighted and summed along contiguous rows of queries (with P last: 3 to 5 times slower)
+        grid = sampling_grids[:, :, :, level].permute(0, 2, 3, 1, 4).flatten(0, 1)
+        sampled = F.grid_sample(value_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # (B, Lq, M, P) -> (B*M, 1, P, Lq)
+        weights = (
+            attention_weights[:, :, :, level]
+            .permute(0, 2, 3, 1)
+            .reshape(batch * num_heads, 1, num_points, num_queries)
         )
-    # (B, Lq, M, L, P) -> (B*M, 1, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(
-        batch * num_heads, 1, num_queries, num_levels * num_points
-    )
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+        for point in range(num_points):
+            output.addcmul_(sampled[:, :, point], weights[:, :, point])
     return output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2)
 
 
