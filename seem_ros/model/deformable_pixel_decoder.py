@@ -113,7 +113,12 @@ class MSDeformAttn(nn.Module):
         locations = (
             reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         )
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        # In fp32 under autocast too: a bf16 location on a 128-pixel level is off by up to a quarter of a
+        # pixel, and a bf16 sum of the samples would round at every point
+        with torch.autocast(query.device.type, enabled=False):
+            output = multi_scale_deformable_attention(
+                value.float(), spatial_shapes, locations.float(), weights.float()
+            )
         return self.output_proj(output)
 
 
