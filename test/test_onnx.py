@@ -29,6 +29,7 @@ from seem_ros.export.image_encoder import OUTPUT_NAMES, export_image_encoder
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
+from seem_ros.parity.reference import ReferenceSet
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 MIN_MASK_IOU = 0.99
@@ -51,6 +52,20 @@ def encoder(onnx_path: Path) -> OnnxImageEncoder:
 
 def test_encoder_matches_official_tensors(encoder: OnnxImageEncoder, reference_dir: Path) -> None:
     tensors = load_file(reference_dir / "panoptic" / "tensors.safetensors")
+    features = encoder(tensors["image_padded_normalized"])
+    torch.testing.assert_close(features.mask_features, tensors["mask_features"], **TOLERANCE)
+    for level, feature in enumerate(features.multi_scale_features):
+        torch.testing.assert_close(feature, tensors[f"multi_scale_features_{level}"], **TOLERANCE)
+
+
+def test_sam_vit_encoder_matches_official_tensors(samvit_reference_dir: Path, tmp_path: Path) -> None:
+    """The SAM-ViT backbone and its deformable-attention pixel decoder, exported (the tiny reference
+    model): the official tensors."""
+    model = ReferenceSet(samvit_reference_dir, tokenizer=None).model
+    encoder = OnnxImageEncoder(
+        export_image_encoder(model, tmp_path / "tiny_samvitb_v1.onnx"), providers=["CPUExecutionProvider"]
+    )
+    tensors = load_file(samvit_reference_dir / "panoptic" / "tensors.safetensors")
     features = encoder(tensors["image_padded_normalized"])
     torch.testing.assert_close(features.mask_features, tensors["mask_features"], **TOLERANCE)
     for level, feature in enumerate(features.multi_scale_features):
