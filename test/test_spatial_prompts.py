@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from seem_ros.model.spatial_prompts import (
+    PromptPixels,
     encode_spatial_prompts,
-    sample_prompt_points,
     sample_spatial_prompt_points,
 )
 
@@ -21,17 +21,17 @@ def _masks() -> torch.Tensor:
 
 
 def test_points_come_per_prompt_in_raster_order_with_their_counts() -> None:
-    points = sample_prompt_points(_masks(), 20, torch.Generator().manual_seed(0))
+    points = PromptPixels.of(_masks()).sample(20, torch.Generator().manual_seed(0))
     assert points.rows.device.type == "cpu" and points.rows.shape == (20, 3)
     assert sum(points.counts) == 20 and points.counts[1] == 0 and min(points.counts[0], points.counts[2]) > 0
     expected_prompts = torch.repeat_interleave(torch.arange(3), torch.tensor(points.counts))
     assert torch.equal(points.rows[:, 0].long(), expected_prompts)
-    again = sample_prompt_points(_masks(), 20, torch.Generator().manual_seed(0))
+    again = PromptPixels.of(_masks()).sample(20, torch.Generator().manual_seed(0))
     assert torch.equal(points.rows, again.rows)
 
 
 def test_every_pixel_is_kept_when_there_are_fewer_than_max_points() -> None:
-    points = sample_prompt_points(_masks(), 1000, torch.Generator().manual_seed(0))
+    points = PromptPixels.of(_masks()).sample(1000, torch.Generator().manual_seed(0))
     assert points.counts == (24, 0, 24)
 
 

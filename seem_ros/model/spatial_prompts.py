@@ -90,12 +90,9 @@ class SpatialPromptPoints:
     def num_prompts(self) -> int:
         return len(self.mean_positive.counts)
 
-    def _groups(self) -> list[PromptPoints]:
-        return [self.mean_positive, self.mean_negative, *self.level_positive, *self.level_negative]
-
     def to(self, device: torch.device) -> SpatialPromptPoints:
         """The same points on `device`, moved in one transfer."""
-        groups = self._groups()
+        groups = [self.mean_positive, self.mean_negative, *self.level_positive, *self.level_negative]
         rows = to_device(torch.cat([group.rows for group in groups]), device)
         moved = [
             PromptPoints(part, group.counts)
@@ -136,7 +133,8 @@ class PromptPixels:
         return cls(normalized, prompt_of_pixel, probabilities, num_prompts)
 
     def sample(self, max_points: int, generator: torch.Generator | None) -> PromptPoints:
-        """K = min(max_points, P) points drawn the way SEEM v1 does, on the CPU."""
+        """K = min(max_points, P) points drawn the way SEEM v1 does, on the CPU from a CPU generator (so a
+        seeded call draws the same points on every device)."""
         if len(self.probabilities) == 0:
             return PromptPoints(torch.zeros((0, 3), dtype=torch.float32), (0,) * self.num_prompts)
         count = min(max_points, len(self.probabilities))
@@ -144,17 +142,6 @@ class PromptPixels:
         chosen = chosen.sort()[0]
         counts = torch.bincount(self.prompt_of_pixel[chosen], minlength=self.num_prompts)
         return PromptPoints(self.normalized[chosen], tuple(counts.tolist()))
-
-
-def sample_prompt_points(masks: Tensor, max_points: int, generator: torch.Generator | None) -> PromptPoints:
-    """Sample prompt pixels the way SEEM v1 does.
-
-    masks: (n, H', W') bool prompt masks at the padded size, best on the CPU: the draws are made there
-    (from a CPU generator, so a seeded call draws the same points on every device).
-    Returns K = min(max_points, #pixels) points on the CPU. Every prompt present gets the same total
-    probability.
-    """
-    return PromptPixels.of(masks).sample(max_points, generator)
 
 
 def sample_spatial_prompt_points(
