@@ -14,8 +14,8 @@ from assets import tiny_reference_model
 from PIL import Image
 from safetensors.torch import load_file
 
+from seem_ros.engine.backends import ImageEncoderBackend
 from seem_ros.engine.onnx_backend import (
-    ImageEncoderBackend,
     OnnxImageEncoder,
     export_cached_image_encoder,
     exported_onnx_image_encoder,

@@ -17,10 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.onnx_decoder import DecoderBackend, OnnxDecoder, decoder_fingerprint
+from seem_ros.engine.backends import DecoderBackend
+from seem_ros.engine.onnx_decoder import OnnxDecoder, decoder_fingerprint
 from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.segmenter import build_segmenter
+from seem_ros.engine.torch_backend import TorchDecoder
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
 from seem_ros.export.decoder import (
     ALL_GRAPH_KINDS,
@@ -82,13 +84,7 @@ def _assert_same_final(got: DecoderOutput, want: DecoderOutput) -> None:
             assert getattr(got.final, name) is None, name
         else:
             torch.testing.assert_close(getattr(got.final, name), expected, **TOLERANCE, msg=name)
-    if want.spatial_query_index is not None:
-        assert torch.equal(got.spatial_query_index, want.spatial_query_index)
-    assert len(got.memory_slot_prompt_index) == len(want.memory_slot_prompt_index)
-    for got_slots, want_slots in zip(
-        got.memory_slot_prompt_index, want.memory_slot_prompt_index, strict=True
-    ):
-        assert torch.equal(got_slots, want_slots)
+    assert got.query_choices is want.query_choices
 
 
 def test_generic_decoder_matches_official_tensors(
@@ -112,22 +108,24 @@ def test_spatial_memory_matches_pytorch_and_official_tensors(
     features = _features(panoptic)
     positive = stored["spatial_query_pos_mask"][0].bool()
     negative = stored["spatial_query_neg_mask"][0].bool()
+    generator = torch.Generator().manual_seed(int(stored["rng_seed"][0]))
+    with torch.no_grad():
+        tokens = tiny_model.encode_spatial_reference(features, positive, negative, generator)
+    choices = tiny_model.decoder.draw_query_choices(tokens.num_prompts, True, generator)
+    assert torch.equal(choices.spatial_query_index, stored["spatial_query_sample_index"])
+    assert torch.equal(choices.memory_slot_prompt_index, stored["memory_slot_prompt_index"])
     outputs = {}
     for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
-        generator = torch.Generator().manual_seed(int(stored["rng_seed"][0]))
         with torch.no_grad():
-            tokens = tiny_model.encode_spatial_reference(features, positive, negative, generator)
             outputs[name] = decode(
                 features,
                 panoptic["class_text_embeddings"],
                 spatial_tokens=tokens,
                 previous_masks=stored["input_prev_mask"],
-                generator=generator,
+                query_choices=choices,
             )
     onnx_output = outputs["onnx"]
     _assert_same_final(onnx_output, outputs["torch"])
-    assert torch.equal(onnx_output.spatial_query_index, stored["spatial_query_sample_index"])
-    assert torch.equal(torch.stack(onnx_output.memory_slot_prompt_index), stored["memory_slot_prompt_index"])
     final = onnx_output.final
     torch.testing.assert_close(final.spatial_masks, stored["pred_smasks"], **TOLERANCE)
     torch.testing.assert_close(final.spatial_mask_embeddings, stored["pred_smaskembs"], **TOLERANCE)
@@ -174,18 +172,20 @@ def test_dynamic_counts_and_sizes_match_pytorch(
         grounding_tokens, torch.zeros((1, grounding_tokens.shape[0]), dtype=torch.bool)
     )
     classes = panoptic["class_text_embeddings"][: 3 + num_prompts]
+    prompt_generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        tokens = tiny_model.encode_spatial_reference(features, positive, negative, prompt_generator)
+    choices = tiny_model.decoder.draw_query_choices(num_prompts, kind.memory, prompt_generator)
     outputs = {}
     for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
-        prompt_generator = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            tokens = tiny_model.encode_spatial_reference(features, positive, negative, prompt_generator)
             outputs[name] = decode(
                 features,
                 classes,
                 grounding=grounding if kind.grounding else None,
                 spatial_tokens=tokens if kind.spatial else None,
                 previous_masks=previous if kind.memory else None,
-                generator=prompt_generator,
+                query_choices=choices if kind.spatial else None,
             )
     _assert_same_final(outputs["onnx"], outputs["torch"])
     assert outputs["onnx"].final.object_masks.shape[-2:] == (height // 4, width // 4)
@@ -206,6 +206,29 @@ def test_unsupported_calls_are_refused(onnx_decoder: OnnxDecoder, panoptic: dict
     assert not onnx_decoder.supports(batch, grounding=grounding)  # prompted graphs take one image
     with pytest.raises(ValueError, match="not supported by the ONNX decoder"):
         onnx_decoder(batch, panoptic["class_text_embeddings"], grounding=grounding)
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_backend_refuses_a_visual_prompt_without_its_random_choices(
+    tiny_model: SEEM, onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor], backend: str
+) -> None:
+    """The caller draws a pass's random choices (once, in the official order); a backend draws none."""
+    decode = onnx_decoder if backend == "onnx" else TorchDecoder(tiny_model)
+    features = _features(panoptic)
+    height, width = features.mask_features.shape[-2:]
+    positive = torch.zeros(1, 4 * height, 4 * width, dtype=torch.bool)
+    positive[0, 40:48, 60:70] = True
+    with torch.no_grad():
+        tokens = tiny_model.encode_spatial_reference(features, positive, torch.zeros_like(positive))
+    classes = panoptic["class_text_embeddings"]
+    with pytest.raises(ValueError, match="needs its query choices"):
+        decode(features, classes, spatial_tokens=tokens)
+    without_memory = tiny_model.decoder.draw_query_choices(1, False, None)
+    previous = torch.zeros(1, 1, height, width)
+    with pytest.raises(ValueError, match="query choices with memory slots"):
+        decode(
+            features, classes, spatial_tokens=tokens, previous_masks=previous, query_choices=without_memory
+        )
 
 
 def test_cache_exports_each_graph_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> None:

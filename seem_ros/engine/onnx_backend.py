@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -33,18 +32,6 @@ from seem_ros.model.seem import SEEM
 
 ACCELERATED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
-
-
-@runtime_checkable
-class ImageEncoderBackend(Protocol):
-    """Something that maps a padded, normalised image to pixel features (what `SeemPredictor` calls)."""
-
-    name: str
-
-    def __call__(self, padded_images: Tensor) -> PixelFeatures:
-        """padded_images: (B, 3, H', W') float32 from `SEEM.preprocess`, any batch B. Returns
-        `PixelFeatures` (mask features and the three multi-scale maps, float32) on the input's device."""
-        ...
 
 
 def default_providers() -> list[str]:

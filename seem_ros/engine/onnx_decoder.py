@@ -6,9 +6,9 @@
 Each configuration (`DecoderGraphKind`: generic, + grounding text, + visual prompts, + their memory) is
 exported the first time a call needs it, checked against PyTorch, and kept in the same on-disk cache as the
 image encoder (see `seem_ros.export.decoder`). The graphs' weights are one memory-mapped copy shared by
-all sessions (`seem_ros.export.shared_weights`). Visual prompt tokens and the pass's random
-choices are made in PyTorch from the caller's generator, in the official order, so a seeded call gives the
-same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is made.
+all sessions (`seem_ros.export.shared_weights`). Visual prompt tokens are made in PyTorch and
+the pass's random choices drawn by the caller (`SEEMDecoder.draw_query_choices`), in the official order,
+so a seeded call gives the same masks as `SEEM.decode`. `onnxruntime` is imported only when a session is made.
 """
 
 from __future__ import annotations
@@ -16,17 +16,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from seem_ros.engine.backends import required_query_choices
 from seem_ros.engine.onnx_backend import buffer_device, cached_export, checked_providers
 from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
 from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, session_options
 from seem_ros.export.shared_weights import SharedInitializers
-from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, GroundingTokens, SEEMDecoder
+from seem_ros.model.decoder import (
+    DecoderOutput,
+    DecoderPrediction,
+    GroundingTokens,
+    QueryChoices,
+    SEEMDecoder,
+)
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
@@ -35,37 +42,6 @@ if TYPE_CHECKING:
     import onnxruntime
 
 _ELEMENT_TYPES = {torch.float32: np.float32, torch.int64: np.int64}
-
-
-@runtime_checkable
-class DecoderBackend(Protocol):
-    """Something that runs `SEEM.decode` for some calls (what `SeemPredictor` calls instead of PyTorch)."""
-
-    name: str
-    decodes_batches: bool
-    """Whether a call without prompts may decode several images at once (a batch of features)."""
-
-    def supports(
-        self,
-        features: PixelFeatures,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-    ) -> bool:
-        """Whether `__call__` can run a call with these inputs (else the caller uses PyTorch)."""
-        ...
-
-    def __call__(
-        self,
-        features: PixelFeatures,
-        class_text_embeddings: Tensor,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> DecoderOutput:
-        """`SEEM.decode` with precomputed spatial tokens; `predictions` may hold only the final step."""
-        ...
 
 
 def decoder_fingerprint(decoder: SEEMDecoder) -> str:
@@ -192,11 +168,12 @@ class OnnxDecoder:
         grounding: GroundingTokens | None = None,
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        query_choices: QueryChoices | None = None,
     ) -> DecoderOutput:
         """Decode the features of one image (of several without prompts). Shapes as in
-        `SEEMDecoder.forward`; the random choices are drawn from `generator` as the PyTorch decoder draws
-        them. Outputs are float32 on the features' device."""
+        `SEEMDecoder.forward`; with spatial tokens, `query_choices` are the pass's random choices. Outputs
+        are float32 on the features' device."""
+        query_choices = required_query_choices(spatial_tokens, previous_masks, query_choices)
         if not self.supports(features, grounding, spatial_tokens, previous_masks):
             raise ValueError(
                 "this call is not supported by the ONNX decoder (batch 1 with prompts, grounding tokens "
@@ -208,18 +185,18 @@ class OnnxDecoder:
             memory=previous_masks is not None,
         )
         inputs = [features.mask_features, *features.multi_scale_features, class_text_embeddings]
-        spatial_query_index = memory_slot_prompt_index = None
         num_spatial = 0
         if grounding is not None:
             inputs.append(grounding.tokens)
-        if spatial_tokens is not None:
-            spatial_query_index, memory_slot_prompt_index = self.decoder.draw_query_choices(
-                spatial_tokens.num_prompts, previous_masks is not None, generator
-            )
-            inputs += [*spatial_tokens.level_tokens, *spatial_tokens.level_prompt_index, spatial_query_index]
-            num_spatial = spatial_query_index.shape[0]
+        if query_choices is not None:
+            inputs += [
+                *spatial_tokens.level_tokens,
+                *spatial_tokens.level_prompt_index,
+                query_choices.spatial_query_index,
+            ]
+            num_spatial = query_choices.spatial_query_index.shape[0]
         if previous_masks is not None:
-            inputs += [previous_masks, memory_slot_prompt_index]
+            inputs += [previous_masks, query_choices.memory_slot_prompt_index]
         outputs = self._run(
             kind, inputs, features.mask_features.shape, class_text_embeddings.shape[0], num_spatial
         )
@@ -238,8 +215,7 @@ class OnnxDecoder:
         return DecoderOutput(
             predictions=[prediction],
             spatial_tokens=spatial_tokens,
-            spatial_query_index=spatial_query_index,
-            memory_slot_prompt_index=list(memory_slot_prompt_index) if previous_masks is not None else [],
+            query_choices=query_choices,
         )
 
     def _run(

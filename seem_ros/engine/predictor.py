@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
-from seem_ros.engine.onnx_backend import ImageEncoderBackend
-from seem_ros.engine.onnx_decoder import DecoderBackend
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -464,6 +463,11 @@ class SeemPredictor:
                         previous[0, slot] = previous_logits[i]
                 previous = to_device(previous, self.device)
 
+        query_choices = None
+        if spatial_tokens is not None:
+            query_choices = self.model.decoder.draw_query_choices(
+                spatial_tokens.num_prompts, previous is not None, generator
+            )
         decode = self.model.decode
         if self.decoder_backend is not None and self.decoder_backend.supports(
             encoded.features, grounding, spatial_tokens, previous
@@ -476,7 +480,7 @@ class SeemPredictor:
                 grounding=grounding,
                 spatial_tokens=spatial_tokens,
                 previous_masks=previous,
-                generator=generator,
+                query_choices=query_choices,
             )
         self._synchronize()
         timings["decoder"] = time.perf_counter() - start

@@ -15,9 +15,8 @@ import torch
 from seem_ros.allocator import suit_backend
 from seem_ros.cache import default_cache_dir
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend
 from seem_ros.engine.engine import SeemEngine
-from seem_ros.engine.onnx_backend import ImageEncoderBackend
-from seem_ros.engine.onnx_decoder import DecoderBackend
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.session import Session, SessionSettings
 from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder

@@ -7,8 +7,8 @@
         decoder_backend=TorchDecoder(model, acceleration),
     )
 
-They implement the same protocols as the ONNX Runtime backends (`ImageEncoderBackend`, `DecoderBackend`),
-so the predictor treats every backend alike. The accelerations are for CUDA devices (bf16 for CPUs too):
+They implement the same protocols as the ONNX Runtime backends (`seem_ros.engine.backends`), so the
+predictor treats every backend alike. The accelerations are for CUDA devices (bf16 for CPUs too):
 
 - precision: the model runs under autocast in bf16 or fp16 (weights stay fp32; features are handed on
   as fp32). bf16 keeps fp32's range, so no logit overflows; fp16 has more mantissa. bf16 also runs on
@@ -37,11 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seem_ros.model.decoder import DecoderOutput, GroundingTokens
+from seem_ros.engine.backends import required_query_choices
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
-from seem_ros.model.transfer import to_device
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPUINFO = Path("/proc/cpuinfo")
@@ -217,28 +217,21 @@ class TorchDecoder:
         grounding: GroundingTokens | None = None,
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        query_choices: QueryChoices | None = None,
     ) -> DecoderOutput:
-        """As `SEEM.decode`. Under autocast or CUDA graphs, `predictions` holds only the final step, in
-        fp32 and owned by the caller.
+        """As `SEEM.decode`, with the pass's random choices drawn by the caller (needed with spatial
+        tokens). Under autocast or CUDA graphs, `predictions` holds only the final step, in fp32 and owned
+        by the caller.
 
         Compiled, the prompt tokens are padded to a bucket (`token_bucket`): a graph is compiled per
-        bucket, not per count of a click's pixels or a sentence's words. The pass's random choices are
-        drawn here, on the CPU from `generator` as `SEEM.decode` draws them, and go up to the device with
-        the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw inside
-        it would split it in five, each split a wait for the device)."""
+        bucket, not per count of a click's pixels or a sentence's words. The choices go up to the device
+        with the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw
+        inside it would split it in five, each split a wait for the device)."""
         device = features.mask_features.device
         self.acceleration.check_device(device)
+        query_choices = required_query_choices(spatial_tokens, previous_masks, query_choices)
         if self.acceleration.compile:
             grounding, spatial_tokens = _bucketed(grounding, spatial_tokens)
-        choices: dict[str, Tensor | None] = {}
-        if spatial_tokens is not None:
-            spatial_query_index, memory_slot_prompt_index = self.model.decoder.draw_query_choices(
-                spatial_tokens.num_prompts, previous_masks is not None, generator
-            )
-            choices["spatial_query_index"] = to_device(spatial_query_index, device)
-            if memory_slot_prompt_index is not None:
-                choices["memory_slot_prompt_index"] = to_device(memory_slot_prompt_index, device)
         if self.acceleration.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         reduced = PRECISIONS[self.acceleration.precision]
@@ -252,7 +245,7 @@ class TorchDecoder:
                 grounding=grounding,
                 spatial_tokens=spatial_tokens,
                 previous_masks=previous_masks,
-                **choices,
+                query_choices=None if query_choices is None else query_choices.to(device),
             )
         if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
             return output

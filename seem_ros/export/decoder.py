@@ -48,7 +48,7 @@ from seem_ros.export.onnx_file import (
     write_onnx,
 )
 from seem_ros.export.shared_weights import SharedInitializers, store_by_content
-from seem_ros.model.decoder import GroundingTokens, SEEMDecoder
+from seem_ros.model.decoder import GroundingTokens, QueryChoices, SEEMDecoder
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 DECODER_EXPORT_FORMAT_VERSION = 8
@@ -182,8 +182,11 @@ class DecoderGraph(nn.Module):
             grounding=grounding,
             spatial_tokens=spatial_tokens,
             previous_masks=named.get("previous_masks"),
-            spatial_query_index=named.get("spatial_query_index"),
-            memory_slot_prompt_index=named.get("memory_slot_prompt_index"),
+            query_choices=(
+                QueryChoices(named["spatial_query_index"], named.get("memory_slot_prompt_index"))
+                if self.kind.spatial
+                else None
+            ),
             attention_sample_factors=[
                 stride // FEATURE_STRIDES[0] for stride in FEATURE_STRIDES[1 : self.num_levels + 1]
             ],
@@ -233,9 +236,9 @@ def example_inputs(
         prompt[0, -1] = -1.0
         named[f"spatial_prompt_index_{level}"] = prompt
     named["previous_masks"] = 4.0 * torch.randn(1, num_prompts, height // 4, width // 4, generator=generator)
-    query_index, slots = decoder.draw_query_choices(num_prompts, True, generator)
-    named["spatial_query_index"] = query_index
-    named["memory_slot_prompt_index"] = slots
+    choices = decoder.draw_query_choices(num_prompts, True, generator)
+    named["spatial_query_index"] = choices.spatial_query_index
+    named["memory_slot_prompt_index"] = choices.memory_slot_prompt_index
     return [named[name] for name in kind.input_names(decoder.num_feature_levels)]
 
 

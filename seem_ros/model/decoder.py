@@ -29,6 +29,7 @@ from seem_ros.model.spatial_prompts import (
     encode_spatial_prompts,
     sample_spatial_prompt_points,
 )
+from seem_ros.model.transfer import to_device
 
 if TYPE_CHECKING:
     from seem_ros.model.language import LanguageEncoder
@@ -76,14 +77,34 @@ class DecoderPrediction:
     spatial_mask_embeddings: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class QueryChoices:
+    """The random choices of a pass with visual prompts (`SEEMDecoder.draw_query_choices`).
+
+    spatial_query_index: (queries_per_prompt * n,) long, the object query copied into each spatial query.
+    memory_slot_prompt_index: (num_layers, M) long, the prompt each memory slot serves in each layer;
+        None for a pass without memory prompts.
+    """
+
+    spatial_query_index: Tensor
+    memory_slot_prompt_index: Tensor | None = None
+
+    def to(self, device: torch.device) -> QueryChoices:
+        """The same choices on `device` (page-locked, non-blocking uploads to a GPU)."""
+        slots = self.memory_slot_prompt_index
+        return QueryChoices(
+            to_device(self.spatial_query_index, device), None if slots is None else to_device(slots, device)
+        )
+
+
 @dataclass
 class DecoderOutput:
-    """predictions: one entry per step (initial + one per layer); the last is the final one."""
+    """predictions: one entry per step (initial + one per layer); the last is the final one.
+    query_choices: the random choices of a pass with visual prompts (None without)."""
 
     predictions: list[DecoderPrediction]
     spatial_tokens: SpatialPromptTokens | None = None
-    spatial_query_index: Tensor | None = None
-    memory_slot_prompt_index: list[Tensor] = field(default_factory=list)
+    query_choices: QueryChoices | None = None
 
     @property
     def final(self) -> DecoderPrediction:
@@ -247,8 +268,7 @@ class SEEMDecoder(nn.Module):
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
-        spatial_query_index: Tensor | None = None,
-        memory_slot_prompt_index: Tensor | None = None,
+        query_choices: QueryChoices | None = None,
         attention_sample_factors: Sequence[int] | None = None,
     ) -> DecoderOutput:
         """Run the decoder.
@@ -261,8 +281,8 @@ class SEEMDecoder(nn.Module):
         previous_masks: (1, n, H'/4, W'/4) mask logits of the previous round or frame per visual
             prompt; switches the memory prompts on.
         generator: the random source for query and point sampling (see spatial_prompts).
-        spatial_query_index, memory_slot_prompt_index: the random choices of `draw_query_choices`, drawn
-            beforehand (e.g. for an exported graph); by default drawn here from `generator`.
+        query_choices: the random choices of `draw_query_choices`, drawn beforehand (by an engine that
+            draws them on the host, or for an exported graph); by default drawn here from `generator`.
         attention_sample_factors: how many times larger the mask features are than each level, one even
             factor per level (8, 4, 2 for strides 32, 16, 8 over stride 4), for a caller that reads only
             the final step (an exported graph). Each intermediate cross-attention mask is then computed
@@ -294,16 +314,16 @@ class SEEMDecoder(nn.Module):
             spatial_tokens = self._spatial_tokens(sources, sizes, mask_features, *spatial_masks, generator)
         slot_prompts: list[Tensor] = []
         if spatial_tokens is not None:
-            if spatial_query_index is None:
-                spatial_query_index, memory_slot_prompt_index = self.draw_query_choices(
+            if query_choices is None:
+                query_choices = self.draw_query_choices(
                     spatial_tokens.num_prompts, previous_masks is not None, generator
                 )
-            if previous_masks is not None:
-                if memory_slot_prompt_index is None:
-                    raise ValueError("previous_masks and spatial_query_index need memory_slot_prompt_index")
-                slot_prompts = [slots.to(object_content.device) for slots in memory_slot_prompt_index]
             # the choices are drawn on the CPU (the same on every device); the queries live on the model's
-            spatial_query_index = spatial_query_index.to(object_content.device)
+            spatial_query_index = query_choices.spatial_query_index.to(object_content.device)
+            if previous_masks is not None:
+                if query_choices.memory_slot_prompt_index is None:
+                    raise ValueError("a pass with previous_masks needs query choices with memory slots")
+                slot_prompts = list(query_choices.memory_slot_prompt_index.to(object_content.device))
             sequence.content["spatial"] = object_content[spatial_query_index]
             sequence.position["spatial"] = object_position[spatial_query_index]
             if previous_masks is not None:
@@ -369,8 +389,7 @@ class SEEMDecoder(nn.Module):
         return DecoderOutput(
             predictions=predictions,
             spatial_tokens=spatial_tokens,
-            spatial_query_index=spatial_query_index,
-            memory_slot_prompt_index=slot_prompts,
+            query_choices=query_choices,
         )
 
     # ------------------------------------------------------------------ pieces
@@ -436,19 +455,16 @@ class SEEMDecoder(nn.Module):
 
     def draw_query_choices(
         self, num_prompts: int, with_memory: bool, generator: torch.Generator | None
-    ) -> tuple[Tensor, Tensor | None]:
-        """The random choices of a pass with `num_prompts` visual prompts, drawn in the official order.
-
-        Returns the object query copied into each spatial query, (queries_per_prompt * n,) long, and,
-        with memory, the prompt each memory slot serves in each layer, (num_layers, M) long (else None).
-        """
+    ) -> QueryChoices:
+        """The random choices of a pass with `num_prompts` visual prompts, drawn on the CPU in the
+        official order (memory slots only `with_memory`)."""
         spatial_query_index = torch.randint(
             0, self.query_feat.weight.shape[0], (self.queries_per_prompt * num_prompts,), generator=generator
         )
         if not with_memory:
-            return spatial_query_index, None
+            return QueryChoices(spatial_query_index)
         slots = [self._assign_memory_slots(num_prompts, generator) for _ in range(self.num_layers)]
-        return spatial_query_index, torch.stack(slots)
+        return QueryChoices(spatial_query_index, torch.stack(slots))
 
     def _assign_memory_slots(self, num_prompts: int, generator: torch.Generator | None) -> Tensor:
         """Which prompt each memory slot serves: (M,) long, sorted (drawn as the official code does)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seem_ros.model.decoder import DecoderOutput, GroundingTokens, SEEMDecoder
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices, SEEMDecoder
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
@@ -131,8 +131,7 @@ class SEEM(nn.Module):
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
-        spatial_query_index: Tensor | None = None,
-        memory_slot_prompt_index: Tensor | None = None,
+        query_choices: QueryChoices | None = None,
     ) -> DecoderOutput:
         """Run the decoder on encoded features; see `SEEMDecoder.forward` for the prompt arguments and
         the random choices (drawn from `generator` unless given)."""
@@ -145,8 +144,7 @@ class SEEM(nn.Module):
             spatial_tokens=spatial_tokens,
             previous_masks=previous_masks,
             generator=generator,
-            spatial_query_index=spatial_query_index,
-            memory_slot_prompt_index=memory_slot_prompt_index,
+            query_choices=query_choices,
         )
 
     def encode_spatial_reference(

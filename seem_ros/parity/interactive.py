@@ -85,9 +85,10 @@ def _check_spatial_round(
     output, selection = result.output, result.selection
     final = output.final
     tokens = output.spatial_tokens
-    report.exact(f"{prefix}spatial_query_sample_index", "rng", output.spatial_query_index)
-    if output.memory_slot_prompt_index:
-        report.exact(f"{prefix}memory_slot_prompt_index", "rng", torch.stack(output.memory_slot_prompt_index))
+    choices = output.query_choices
+    report.exact(f"{prefix}spatial_query_sample_index", "rng", choices.spatial_query_index)
+    if choices.memory_slot_prompt_index is not None:
+        report.exact(f"{prefix}memory_slot_prompt_index", "rng", choices.memory_slot_prompt_index)
     report.close(f"{prefix}pred_smasks", "decoder", final.spatial_masks)
     report.close(f"{prefix}pred_smaskembs", "decoder", final.spatial_mask_embeddings)
     report.close(f"{prefix}pred_pspatials", "decoder", tokens.mean_positive.transpose(0, 1))
@@ -98,7 +99,7 @@ def _check_spatial_round(
         f"{prefix}aux_pred_smasks", "decoder", torch.stack([p.spatial_masks for p in output.predictions[:-1]])
     )
     report.close(f"{prefix}selection_logits", "postprocess", selection.logits)
-    report.selected_query(f"{prefix}selected_query", selection.query_index, output.spatial_query_index)
+    report.selected_query(f"{prefix}selected_query", selection.query_index, choices.spatial_query_index)
     report.close(f"{prefix}prev_mask", "postprocess", selection.masks)
     name = f"{prefix}final_mask"
     if report.has(name):
@@ -130,7 +131,7 @@ def run_spatial(reference: ReferenceSet, case: dict, report: CaseRows) -> None:
 def _tie_free(result: SpatialResult, official: list) -> list:
     """Our selection, with a tie between duplicated spatial queries replaced by the official choice."""
     ours = result.selection.query_index.tolist()
-    sample = result.output.spatial_query_index.tolist()
+    sample = result.output.query_choices.spatial_query_index.tolist()
     return [
         [o if o == e or sample[o] != sample[e] else e for o, e in zip(row, official_row, strict=True)]
         for row, official_row in zip(ours, official, strict=True)

@@ -70,13 +70,14 @@ def run_referring_image(reference: ReferenceSet, case: dict, report: CaseRows) -
         features_b, text, stored_seed(report, "rng_seed_b", case), spatial_tokens=tokens
     )
     output, selection = result.output, result.selection
-    report.exact("b_spatial_query_sample_index", "rng", output.spatial_query_index)
+    spatial_query_index = output.query_choices.spatial_query_index
+    report.exact("b_spatial_query_sample_index", "rng", spatial_query_index)
     report.close("b_pred_smasks", "decoder", output.final.spatial_masks)
     report.close("b_pred_smaskembs", "decoder", output.final.spatial_mask_embeddings)
     report.close("b_pred_pspatials", "decoder", output.spatial_tokens.mean_positive.transpose(0, 1))
     report.close("b_pred_logits", "decoder", output.final.object_logits, logit_scaled=True)
     report.close("b_prev_mask", "postprocess", selection.masks)
-    report.selected_query("b_selected_query", selection.query_index, output.spatial_query_index)
+    report.selected_query("b_selected_query", selection.query_index, spatial_query_index)
     padded_size_b = reference.padded_size(size_b)
     demo_logits = postprocess.resize_mask_logits(selection.masks[0], padded_size_b, size_b, None)
     report.binary("b_final_mask_demo_example", "postprocess", demo_logits > 0, demo_logits)

@@ -1,0 +1,78 @@
+"""What `SeemPredictor` runs its model through: the image encoder and decoder backends' protocols.
+
+The PyTorch backends (`seem_ros.engine.torch_backend`) and the ONNX Runtime ones
+(`seem_ros.engine.onnx_backend`, `seem_ros.engine.onnx_decoder`) implement them. The predictor draws a
+pass's random choices (`SEEMDecoder.draw_query_choices`) once, on the host, and hands them to whichever
+decoder backend runs the pass.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
+from seem_ros.model.features import PixelFeatures
+from seem_ros.model.spatial_prompts import SpatialPromptTokens
+
+
+@runtime_checkable
+class ImageEncoderBackend(Protocol):
+    """Something that maps a padded, normalised image to pixel features (what `SeemPredictor` calls)."""
+
+    name: str
+
+    def __call__(self, padded_images: Tensor) -> PixelFeatures:
+        """padded_images: (B, 3, H', W') float32 from `SEEM.preprocess`, any batch B. Returns
+        `PixelFeatures` (mask features and the three multi-scale maps, float32) on the input's device."""
+        ...
+
+
+@runtime_checkable
+class DecoderBackend(Protocol):
+    """Something that runs `SEEM.decode` for some calls (what `SeemPredictor` calls instead of PyTorch)."""
+
+    name: str
+    decodes_batches: bool
+    """Whether a call without prompts may decode several images at once (a batch of features)."""
+
+    def supports(
+        self,
+        features: PixelFeatures,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+    ) -> bool:
+        """Whether `__call__` can run a call with these inputs (else the caller uses PyTorch)."""
+        ...
+
+    def __call__(
+        self,
+        features: PixelFeatures,
+        class_text_embeddings: Tensor,
+        grounding: GroundingTokens | None = None,
+        spatial_tokens: SpatialPromptTokens | None = None,
+        previous_masks: Tensor | None = None,
+        query_choices: QueryChoices | None = None,
+    ) -> DecoderOutput:
+        """`SEEM.decode` with precomputed spatial tokens and the pass's random choices drawn by the caller
+        (`SEEMDecoder.draw_query_choices`; needed with spatial tokens); `predictions` may hold only the
+        final step."""
+        ...
+
+
+def required_query_choices(
+    spatial_tokens: SpatialPromptTokens | None,
+    previous_masks: Tensor | None,
+    query_choices: QueryChoices | None,
+) -> QueryChoices | None:
+    """A decoder backend's check of the caller's random choices: a pass with spatial tokens needs them
+    (with memory slots where it has previous masks); one without uses none (returns None)."""
+    if spatial_tokens is None:
+        return None
+    if query_choices is None:
+        raise ValueError("a pass with spatial tokens needs its query choices (draw_query_choices)")
+    if previous_masks is not None and query_choices.memory_slot_prompt_index is None:
+        raise ValueError("a pass with previous_masks needs query choices with memory slots")
+    return query_choices
