@@ -24,6 +24,7 @@ from seem_ros.engine.torch_backend import (
     cpu_has_bf16_units,
 )
 from seem_ros.model.decoder import GroundingTokens
+from seem_ros.model.features import PixelFeatures
 from seem_ros.model.tokenizer import ClipTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, phot
         assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
 
 
-def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_contiguous_fp32(model):
+def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_fp32_in_that_layout(model):
     pixel_decoder = model.sem_seg_head.pixel_decoder
     convolution = next(
         module
@@ -179,10 +180,30 @@ def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_conti
         features = TorchImageEncoder(model, TorchAcceleration("bf16"))(image)
         assert convolution.weight.is_contiguous(memory_format=torch.channels_last)
         for feature_map in (features.mask_features, *features.multi_scale_features):
-            assert feature_map.dtype == torch.float32 and feature_map.is_contiguous()
+            assert feature_map.dtype == torch.float32
+            assert feature_map.is_contiguous(memory_format=torch.channels_last)
     finally:
         TorchImageEncoder(model, TorchAcceleration())(image)  # the module-scoped model back to NCHW
     assert convolution.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_decoder_reads_channels_last_features_as_it_reads_contiguous_ones(model, precision: str):
+    features = TorchImageEncoder(model)(torch.randn(1, 3, 96, 128))
+    channels_last = PixelFeatures(
+        mask_features=features.mask_features.contiguous(memory_format=torch.channels_last),
+        multi_scale_features=[
+            level.contiguous(memory_format=torch.channels_last) for level in features.multi_scale_features
+        ],
+    )
+    classes = torch.nn.functional.normalize(torch.randn(5, model.decoder.class_embed.shape[0]), dim=-1)
+    decoder = TorchDecoder(model, TorchAcceleration(precision))
+    want, got = decoder(features, classes).final, decoder(channels_last, classes).final
+    if precision != "fp32":  # reduced precision hands on contiguous fp32 masks, whatever the layout read
+        assert got.object_masks.is_contiguous()
+    tolerance = 1e-4 if precision == "fp32" else 0.05 * float(want.object_masks.abs().max())
+    torch.testing.assert_close(got.object_masks, want.object_masks, atol=tolerance, rtol=0)
+    torch.testing.assert_close(got.object_logits, want.object_logits, atol=tolerance, rtol=0)
 
 
 def test_bf16_on_a_cpu_without_bf16_units_is_cautioned(tmp_path: Path):
