@@ -168,11 +168,10 @@ class Bench:
         self.image_encoder = None
         self.decoder_backend = None
         if precision(job.backend) != "fp32":
-            from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+            from seem_ros.engine.torch_backend import TorchAcceleration, torch_backends
 
             acceleration = TorchAcceleration(precision(job.backend))
-            self.image_encoder = TorchImageEncoder(self.model, acceleration)
-            self.decoder_backend = TorchDecoder(self.model, acceleration)
+            self.image_encoder, self.decoder_backend = torch_backends(self.model, acceleration)
         self.export_s = 0.0
         self.export_checks: list[dict] = []
 

@@ -22,6 +22,8 @@ from seem_ros.engine.torch_backend import (
     TorchDecoder,
     TorchImageEncoder,
     cpu_has_bf16_units,
+    store_reduced_weights,
+    torch_backends,
 )
 from seem_ros.model.decoder import GroundingTokens
 from seem_ros.model.features import PixelFeatures
@@ -168,6 +170,34 @@ def test_bf16_autocast_agrees_within_the_stated_tolerance(model, tokenizer, phot
         assert difference <= BF16_MAX_RELATIVE_LOGIT_DIFFERENCE * float(expected.mask_logits.abs().max())
 
 
+def test_weights_stored_reduced_give_the_same_bf16_outputs(tokenizer, photo):
+    """A node's bf16 model holds its matrix weights in bf16 (`torch_backends`): autocast would have cast
+    them to the same values, so every output is the same to the bit."""
+    cast_per_frame = load_model("focalt_tiny", random_weights=True).eval()
+    stored = load_model("focalt_tiny", random_weights=True).eval()
+    acceleration = TorchAcceleration("bf16")
+    image_encoder, decoder = torch_backends(stored, acceleration)
+    assert stored.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert all(parameter.dtype == torch.float32 for parameter in stored.language_encoder.parameters())
+    norms = [
+        module for module in stored.modules() if isinstance(module, torch.nn.LayerNorm | torch.nn.GroupNorm)
+    ]
+    assert norms and all(norm.weight.dtype == torch.float32 for norm in norms)
+    want = _predict(cast_per_frame, tokenizer, photo, acceleration)
+    predictor = SeemPredictor(
+        stored, tokenizer, short_side=96, image_encoder=image_encoder, decoder_backend=decoder
+    )
+    predictor.set_image(photo)
+    got = predictor.predict(
+        [Target(visual=(ClickPrompt(60.0, 40.0),)), Target(text=TextPrompt("the red cup"))], generic=True
+    )
+    for expected, actual in zip(want.targets, got.targets, strict=True):
+        assert torch.equal(actual.mask_logits, expected.mask_logits)
+    assert np.array_equal(want.generic.panoptic, got.generic.panoptic)
+    with pytest.raises(ValueError, match="reduced precision"):
+        store_reduced_weights(stored, "fp32")
+
+
 def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_fp32_in_that_layout(model):
     pixel_decoder = model.sem_seg_head.pixel_decoder
     convolution = next(
@@ -268,6 +298,7 @@ def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(pho
     )
     assert isinstance(segmenter.engine.predictor.image_encoder, TorchImageEncoder)
     assert segmenter.describe()["backend"] == "torch-bf16"
+    assert segmenter.engine.predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
     result = segmenter.process(photo)
     assert result.panoptic.shape == photo.shape[:2]
     with pytest.raises(ValueError, match="set compile too"):

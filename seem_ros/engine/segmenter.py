@@ -19,7 +19,7 @@ from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.session import Session, SessionSettings
-from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+from seem_ros.engine.torch_backend import TorchAcceleration, TorchImageEncoder, torch_backends
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary, VocabularyCache
 from seem_ros.engine.weights import (
     WeightsFingerprints,
@@ -127,8 +127,7 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
     acceleration = TorchAcceleration(config.precision, config.compile, config.cuda_graphs)
     if config.backend == "torch" and acceleration != TorchAcceleration():
         acceleration.check_device(device)
-        image_encoder = TorchImageEncoder(model, acceleration)
-        decoder_backend = TorchDecoder(model, acceleration)
+        image_encoder, decoder_backend = torch_backends(model, acceleration)
     if config.backend == "onnx":
         from seem_ros.engine.onnx_backend import exported_onnx_image_encoder, release_torch_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder

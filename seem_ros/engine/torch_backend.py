@@ -10,12 +10,15 @@
 They implement the same protocols as the ONNX Runtime backends (`seem_ros.engine.backends`), so the
 predictor treats every backend alike. The accelerations are for CUDA devices (bf16 for CPUs too):
 
-- precision: the model runs under autocast in bf16 or fp16 (weights stay fp32; features are handed on
-  as fp32). bf16 keeps fp32's range, so no logit overflows; fp16 has more mantissa. bf16 also runs on
-  the CPU: about 2.2 times as fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it
-  has none. There the pixel decoder runs on channels-last maps, the layout oneDNN's bf16 convolutions
-  compute in (NCHW maps are reordered around every convolution: Focal-T's encoder at 512x704 616 -> 440
-  ms on an AMX CPU; its features' error against fp32 is the same to four digits).
+- precision: the model runs under autocast in bf16 or fp16 (features are handed on as fp32). A node's
+  model (`torch_backends`) keeps its matrix and convolution weights in that precision rather than have
+  autocast cast them every frame; norms, embeddings and the text tower stay fp32. bf16 keeps fp32's
+  range, so no logit overflows; fp16 has more mantissa. bf16 also runs on the CPU: about 2.2 times as
+  fast as fp32 where the CPU has bf16 units (AMX, AVX-512 BF16), slowly where it has none. There the
+  pixel decoder runs on channels-last maps, the layout oneDNN's bf16 convolutions compute in (NCHW maps
+  are reordered around every convolution: Focal-T's encoder at 512x704 616 -> 440 ms on an AMX CPU; its
+  features' error against fp32 is the same to four digits), and its features are handed on in that
+  layout.
 - compile: `torch.compile` (inductor, Triton kernels on CUDA) of the image encoder and of the decoder.
   Shapes are static: a graph is compiled per padded input size (a camera has one) and, for the decoder,
   per prompt layout (number of text, visual and memory targets; their tokens padded to one of a few
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from seem_ros.engine.backends import required_query_choices
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
@@ -116,6 +119,35 @@ def cpu_has_bf16_units(cpuinfo: Path = CPUINFO) -> bool | None:
     except OSError:
         return None
     return bool(flags & BF16_CPU_FLAGS)
+
+
+REDUCED_WEIGHT_MODULES = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+"""Modules whose weights feed matrix products and convolutions, the operations autocast runs reduced."""
+
+
+def store_reduced_weights(model: SEEM, precision: str) -> int:
+    """Store the weights of the image encoder's and decoder's matrix products and convolutions in
+    `precision` ("bf16" or "fp16"), once, rather than have autocast cast them at every frame (Focal-T: 100
+    M weights, about 100 ms of a CPU frame). The same values either way: autocast rounds fp32 weights to
+    the same numbers. Norms, embeddings, raw parameters and the text tower stay fp32 (they also serve the
+    paths that run without autocast: prompts, vocabulary). Only for a model whose image encoder and decoder
+    run from now on under that precision's autocast (`TorchImageEncoder`, `TorchDecoder`): without it
+    these modules refuse fp32 inputs. Returns the number of weights cast."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        raise ValueError("the weights are stored reduced for a reduced precision ('bf16' or 'fp16')")
+    text_tower = {id(module) for module in model.language_encoder.modules()}
+    parts = (model.backbone, model.sem_seg_head.pixel_decoder, model.decoder)
+    reduced = [
+        module
+        for part in parts
+        for module in part.modules()
+        if id(module) not in text_tower and isinstance(module, REDUCED_WEIGHT_MODULES)
+    ]
+    weights = [parameter for module in reduced for parameter in module.parameters(recurse=False)]
+    for weight in weights:  # the module's own: a convolution's norm child stays fp32
+        weight.data = weight.data.to(dtype)
+    return sum(weight.numel() for weight in weights)
 
 
 def _model_device(model: SEEM) -> torch.device:
@@ -265,3 +297,12 @@ class TorchDecoder:
             },
         )
         return replace(output, predictions=[final])
+
+
+def torch_backends(model: SEEM, acceleration: TorchAcceleration) -> tuple[TorchImageEncoder, TorchDecoder]:
+    """The image encoder and decoder backends of a model that from now on runs through them alone (a
+    node's): with a reduced precision, its matrix and convolution weights are stored reduced first
+    (`store_reduced_weights`: the same outputs, less memory, no casts per frame)."""
+    if PRECISIONS[acceleration.precision] is not None:
+        store_reduced_weights(model, acceleration.precision)
+    return TorchImageEncoder(model, acceleration), TorchDecoder(model, acceleration)
