@@ -222,10 +222,12 @@ def encode_spatial_prompts(
     ]
     tokens, paddings, indices = [], [], []
     for level, (source, (height, width)) in enumerate(zip(level_sources, level_sizes, strict=True)):
-        projected = (source.view(height, width, 1, -1) @ level_projections[level]).permute(2, 3, 0, 1)
         positive, negative = points.level_positive[level], points.level_negative[level]
         rows = torch.cat([positive.rows, negative.rows])
-        level_tokens = _point_features(projected, rows).permute(2, 0, 1)
+        # sampled, then projected: bilinear sampling is linear, so this is the official projection of the
+        # whole level sampled, with a product per point instead of per pixel
+        level_map = source.view(height, width, -1).permute(2, 0, 1)[None]
+        level_tokens = _point_features(level_map, rows).permute(2, 0, 1) @ level_projections[level]
         indicator = torch.cat(
             [
                 positive_negative_embedding[0:1].expand(len(positive.rows), -1),
