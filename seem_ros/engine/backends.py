@@ -63,16 +63,13 @@ class DecoderBackend(Protocol):
 
 
 def required_query_choices(
-    spatial_tokens: SpatialPromptTokens | None,
-    previous_masks: Tensor | None,
-    query_choices: QueryChoices | None,
+    spatial_tokens: SpatialPromptTokens | None, query_choices: QueryChoices | None
 ) -> QueryChoices | None:
     """A decoder backend's check of the caller's random choices: a pass with spatial tokens needs them
-    (with memory slots where it has previous masks); one without uses none (returns None)."""
+    (their memory slots, where it has previous masks, are checked where they are read:
+    `QueryChoices.memory_slots`); one without uses none (returns None)."""
     if spatial_tokens is None:
         return None
     if query_choices is None:
         raise ValueError("a pass with spatial tokens needs its query choices (draw_query_choices)")
-    if previous_masks is not None and query_choices.memory_slot_prompt_index is None:
-        raise ValueError("a pass with previous_masks needs query choices with memory slots")
     return query_choices

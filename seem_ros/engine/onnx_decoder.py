@@ -173,7 +173,7 @@ class OnnxDecoder:
         """Decode the features of one image (of several without prompts). Shapes as in
         `SEEMDecoder.forward`; with spatial tokens, `query_choices` are the pass's random choices. Outputs
         are float32 on the features' device."""
-        query_choices = required_query_choices(spatial_tokens, previous_masks, query_choices)
+        query_choices = required_query_choices(spatial_tokens, query_choices)
         if not self.supports(features, grounding, spatial_tokens, previous_masks):
             raise ValueError(
                 "this call is not supported by the ONNX decoder (batch 1 with prompts, grounding tokens "
@@ -196,7 +196,7 @@ class OnnxDecoder:
             ]
             num_spatial = query_choices.spatial_query_index.shape[0]
         if previous_masks is not None:
-            inputs += [previous_masks, query_choices.memory_slot_prompt_index]
+            inputs += [previous_masks, query_choices.memory_slots()]
         outputs = self._run(
             kind, inputs, features.mask_features.shape, class_text_embeddings.shape[0], num_spatial
         )

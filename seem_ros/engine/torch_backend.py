@@ -267,7 +267,7 @@ class TorchDecoder:
         inside it would split it in five, each split a wait for the device)."""
         device = features.mask_features.device
         self.acceleration.check_device(device)
-        query_choices = required_query_choices(spatial_tokens, previous_masks, query_choices)
+        query_choices = required_query_choices(spatial_tokens, query_choices)
         if self.acceleration.compile:
             grounding, spatial_tokens = _bucketed(grounding, spatial_tokens)
         if self.acceleration.cuda_graphs:

@@ -89,6 +89,12 @@ class QueryChoices:
     spatial_query_index: Tensor
     memory_slot_prompt_index: Tensor | None = None
 
+    def memory_slots(self) -> Tensor:
+        """memory_slot_prompt_index, which a pass with memory prompts (previous masks) needs."""
+        if self.memory_slot_prompt_index is None:
+            raise ValueError("a pass with previous_masks needs query choices with memory slots")
+        return self.memory_slot_prompt_index
+
     def to(self, device: torch.device) -> QueryChoices:
         """The same choices on `device` (page-locked, non-blocking uploads to a GPU)."""
         slots = self.memory_slot_prompt_index
@@ -333,9 +339,7 @@ class SEEMDecoder(nn.Module):
             # the choices are drawn on the CPU (the same on every device); the queries live on the model's
             spatial_query_index = query_choices.spatial_query_index.to(object_content.device)
             if previous_masks is not None:
-                if query_choices.memory_slot_prompt_index is None:
-                    raise ValueError("a pass with previous_masks needs query choices with memory slots")
-                slot_prompts = list(query_choices.memory_slot_prompt_index.to(object_content.device))
+                slot_prompts = list(query_choices.memory_slots().to(object_content.device))
             sequence.content["spatial"] = object_content[spatial_query_index]
             sequence.position["spatial"] = object_position[spatial_query_index]
             if previous_masks is not None:
