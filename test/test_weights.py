@@ -1,5 +1,6 @@
 """Weights at start: mapped from a file into a model built on the meta device, random weights drawn once
-and cached, fingerprints hashed once per weights file, the PyTorch image encoder released under ONNX."""
+and cached, fingerprints hashed once per weights file, the PyTorch image encoder released under ONNX, the
+pages of replaced weights given back."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from seem_ros.engine import onnx_decoder, vocabulary_cache
 from seem_ros.engine.onnx_backend import release_torch_image_encoder
 from seem_ros.engine.segmenter import load_model_and_source
 from seem_ros.engine.weights import (
+    MappedPages,
     WeightsFingerprints,
     cached_random_weights,
     model_from_file,
@@ -131,3 +133,37 @@ def test_released_image_encoder_refuses_to_run() -> None:
     assert not any(key.startswith(("backbone.", "sem_seg_head.pixel_decoder.")) for key in model.state_dict())
     with pytest.raises(RuntimeError, match="backbone was released"):
         model.encode_image(torch.zeros(1, 3, 64, 64))
+
+
+def _resident_bytes_mapped_from(path: Path) -> int:
+    """Resident bytes of this process's mappings of `path` (the Rss lines of /proc/self/smaps)."""
+    resident = 0
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+            inside = len(fields) == 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_replaced_weights_give_back_their_mapped_pages_and_nothing_else(tmp_path: Path) -> None:
+    path = (tmp_path / "weights.safetensors").resolve()
+    tensor_bytes = 8 * 2**20
+    replaced = torch.arange(tensor_bytes // 4, dtype=torch.float32)
+    save_file({"replaced": replaced, "kept": torch.ones(tensor_bytes // 4)}, str(path))
+    mapped = load_file(str(path))
+    in_memory = torch.full((tensor_bytes // 4,), 7.0)
+    assert float(mapped["replaced"].sum()) > 0 and float(mapped["kept"].sum()) == tensor_bytes // 4
+    resident_before = _resident_bytes_mapped_from(path)
+    assert resident_before >= 2 * tensor_bytes - 8192
+    pages = MappedPages()
+    released = pages.release(mapped["replaced"])
+    assert tensor_bytes - 2 * 4096 <= released <= tensor_bytes
+    assert _resident_bytes_mapped_from(path) <= resident_before - released + 8192
+    assert torch.equal(mapped["kept"], torch.ones(tensor_bytes // 4))
+    assert torch.equal(mapped["replaced"], replaced)  # read back from the file
+    assert pages.release(in_memory) == 0  # not from a file: dropping would lose the values
+    assert torch.equal(in_memory, torch.full((tensor_bytes // 4,), 7.0))

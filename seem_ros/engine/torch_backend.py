@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.engine.backends import required_query_choices
+from seem_ros.engine.weights import MappedPages
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
@@ -132,7 +133,9 @@ def store_reduced_weights(model: SEEM, precision: str) -> int:
     fp32 weights to the same numbers. Norms, embeddings, raw parameters and the text tower stay fp32
     (they also serve the paths that run without autocast: prompts, vocabulary). Only for a model whose
     image encoder and decoder run from now on under that precision's autocast (`TorchImageEncoder`,
-    `TorchDecoder`): without it these modules refuse fp32 inputs. Returns the number of weights cast."""
+    `TorchDecoder`): without it these modules refuse fp32 inputs. The fp32 values' pages, where mapped from
+    the weights file, are given back as each weight is cast (`MappedPages`), so the process holds the reduced
+    copies instead of both. Returns the number of weights cast."""
     dtype = PRECISIONS[precision]
     if dtype is None:
         raise ValueError("the weights are stored reduced for a reduced precision ('bf16' or 'fp16')")
@@ -145,8 +148,11 @@ def store_reduced_weights(model: SEEM, precision: str) -> int:
         if id(module) not in text_tower and isinstance(module, REDUCED_WEIGHT_MODULES)
     ]
     weights = [parameter for module in reduced for parameter in module.parameters(recurse=False)]
+    mapped_pages = MappedPages()
     for weight in weights:  # the module's own: a convolution's norm child stays fp32
-        weight.data = weight.data.to(dtype)
+        full_precision = weight.data
+        weight.data = full_precision.to(dtype)
+        mapped_pages.release(full_precision)
     return sum(weight.numel() for weight in weights)
 
 

@@ -9,17 +9,24 @@
 - The fingerprints that key the text-embedding and ONNX caches are hashed from the tensors once per weights
   file and remembered under its path, size and modification time (`<cache>/fingerprints/`), so a warm start
   reads no tensor it does not run.
+- Mapped pages a model has read stay resident (they count in the process's RSS) as long as the file stays
+  mapped, which is as long as any of its tensors lives. Weights replaced by converted copies (bf16 weights
+  stored once, `store_reduced_weights`) give their pages back at once (`MappedPages.release`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import mmap
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from seem_ros.cache import default_cache_dir, write_atomically
@@ -151,3 +158,60 @@ class WeightsFingerprints:
                 except OSError:
                     pass
         return value
+
+
+class MappedPages:
+    """The file-backed memory mappings of this process (read once, from /proc/self/maps), to give back the
+    resident pages of tensors mapped from a weights file that nothing reads any more."""
+
+    def __init__(self) -> None:
+        self.file_ranges = _file_mapped_ranges()
+        self._madvise = _libc_madvise() if self.file_ranges else None
+
+    def release(self, tensor: Tensor) -> int:
+        """Drop `tensor`'s whole pages from this process's resident memory (madvise MADV_DONTNEED) when
+        they lie in a file mapping; call it for a tensor that has been replaced. The pages are clean copies
+        of the file: were they read again, they would be read back from it unchanged. Memory that is not
+        mapped from a file (where dropping would lose values), a tensor that is not contiguous and pages it
+        shares with its neighbours are left alone. Returns the bytes given back (0 where not Linux)."""
+        if self._madvise is None or not tensor.is_contiguous() or tensor.device.type != "cpu":
+            return 0
+        start = tensor.data_ptr()
+        end = start + tensor.numel() * tensor.element_size()
+        first_page = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        end_page = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if end_page <= first_page:
+            return 0
+        if not any(low <= first_page and end_page <= high for low, high in self.file_ranges):
+            return 0
+        length = end_page - first_page
+        if self._madvise(ctypes.c_void_p(first_page), ctypes.c_size_t(length), mmap.MADV_DONTNEED) != 0:
+            return 0
+        return length
+
+
+def _file_mapped_ranges() -> list[tuple[int, int]]:
+    """[start, end) of every mapping of this process backed by a file (an inode), from /proc/self/maps."""
+    if not sys.platform.startswith("linux"):
+        return []
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
+            low, high = fields[0].split("-")
+            ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+def _libc_madvise() -> Callable[..., int] | None:
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
