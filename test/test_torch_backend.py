@@ -27,7 +27,9 @@ from seem_ros.engine.torch_backend import (
 )
 from seem_ros.model.decoder import GroundingTokens
 from seem_ros.model.features import PixelFeatures
+from seem_ros.model.sam_vit import SimpleFeaturePyramid
 from seem_ros.model.tokenizer import ClipTokenizer
+from seem_ros.parity.reference import ReferenceSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The agreement stated for reduced precision (bench/README.md, GPU path): worst tracked-mask IoU and the
@@ -196,6 +198,30 @@ def test_weights_stored_reduced_give_the_same_bf16_outputs(tokenizer, photo):
     assert np.array_equal(want.generic.panoptic, got.generic.panoptic)
     with pytest.raises(ValueError, match="reduced precision"):
         store_reduced_weights(stored, "fp32")
+
+
+def test_sam_vit_feature_pyramid_computes_in_fp32_under_bf16_and_keeps_fp32_weights(
+    samvit_reference_dir: Path, tokenizer: ClipTokenizer
+) -> None:
+    """SAM-ViT's pyramid (`keeps_fp32`) gives under bf16 autocast what it gives without, and a node's bf16
+    model stores the ViT's weights reduced but not the pyramid's."""
+    model = ReferenceSet(samvit_reference_dir, tokenizer).model
+    pyramid = model.backbone.neck
+    assert isinstance(pyramid, SimpleFeaturePyramid)
+    tokens = torch.randn(1, pyramid.down_16[0].in_channels, 8, 8).bfloat16()  # as a bf16 ViT hands them on
+    with torch.inference_mode():
+        want = pyramid(tokens.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = pyramid(tokens)
+    for name, level in want.items():
+        assert got[name].dtype == torch.float32
+        assert torch.equal(got[name], level)
+    image_encoder, _ = torch_backends(model, TorchAcceleration("bf16"))
+    assert all(parameter.dtype == torch.float32 for parameter in pyramid.parameters())
+    assert model.backbone.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    padded = model.preprocess(torch.zeros(1, 3, 40, 56, dtype=torch.uint8))
+    features = image_encoder(padded)
+    assert features.mask_features.dtype == torch.float32 and torch.isfinite(features.mask_features).all()
 
 
 def test_bf16_on_the_cpu_runs_the_pixel_decoder_channels_last_and_hands_on_fp32_in_that_layout(model):

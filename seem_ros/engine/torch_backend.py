@@ -130,8 +130,9 @@ def store_reduced_weights(model: SEEM, precision: str) -> int:
     """Store the weights of the image encoder's and decoder's matrix products and convolutions in
     `precision` ("bf16" or "fp16"), once, rather than have autocast cast them at every frame (Focal-T: 100
     M weights, 40 ms of a 780 ms bf16 frame on a 2-core CPU). The same values either way: autocast rounds
-    fp32 weights to the same numbers. Norms, embeddings, raw parameters and the text tower stay fp32
-    (they also serve the paths that run without autocast: prompts, vocabulary). Only for a model whose
+    fp32 weights to the same numbers. Norms, embeddings, raw parameters, the text tower (it also serves
+    the paths that run without autocast: prompts, vocabulary) and modules marked `keeps_fp32` (they compute
+    in fp32 under autocast, e.g. SAM-ViT's feature pyramid) stay fp32. Only for a model whose
     image encoder and decoder run from now on under that precision's autocast (`TorchImageEncoder`,
     `TorchDecoder`): without it these modules refuse fp32 inputs. The fp32 values' pages, where mapped from
     the weights file, are given back as each weight is cast (`MappedPages`), so the process holds the reduced
@@ -139,13 +140,17 @@ def store_reduced_weights(model: SEEM, precision: str) -> int:
     dtype = PRECISIONS[precision]
     if dtype is None:
         raise ValueError("the weights are stored reduced for a reduced precision ('bf16' or 'fp16')")
-    text_tower = {id(module) for module in model.language_encoder.modules()}
+    fp32_parts = [
+        model.language_encoder,
+        *(part for part in model.modules() if getattr(part, "keeps_fp32", False)),
+    ]
+    kept_fp32 = {id(module) for part in fp32_parts for module in part.modules()}
     parts = (model.backbone, model.sem_seg_head.pixel_decoder, model.decoder)
     reduced = [
         module
         for part in parts
         for module in part.modules()
-        if id(module) not in text_tower and isinstance(module, REDUCED_WEIGHT_MODULES)
+        if id(module) not in kept_fp32 and isinstance(module, REDUCED_WEIGHT_MODULES)
     ]
     weights = [parameter for module in reduced for parameter in module.parameters(recurse=False)]
     mapped_pages = MappedPages()

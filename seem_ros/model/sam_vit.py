@@ -164,7 +164,16 @@ class SimpleFeaturePyramid(nn.Module):
     Every norm is GroupNorm with one group; GELU is the exact form. Inner widths follow the official rule:
     res2 branch max(2*out[0], C/2), res3 branch max(out[1], C/2), res5 branch max(out[3], 2*C).
     Sequential indices reproduce the official checkpoint keys (`down_4.0`, `down_4.1`, `down_4.3`, ...).
+
+    Under autocast the pyramid still computes in fp32 (`keeps_fp32`): its maps become the pixel decoder's
+    inputs and mask features at full resolution, and rounded to bf16 they flipped near-threshold mask
+    pixels. SAM-ViT-B in bf16 on a CPU, 36 click masks on four photos against fp32: mean / worst mask IoU
+    0.944 / 0.604 with a bf16 pyramid, 0.962 / 0.887 with an fp32 one (the whole ViT in fp32 gives 0.964 /
+    0.877); the pyramid is about 0.4 s of an fp32 encoder's 11 s, 0.26 s in bf16.
     """
+
+    keeps_fp32 = True
+    """Computes in fp32 under autocast: its weights are never stored reduced."""
 
     def __init__(self, in_dim: int, out_dims: Sequence[int]) -> None:
         """in_dim: ViT width C. out_dims: channels of res2, res3, res4, res5."""
@@ -204,13 +213,15 @@ class SimpleFeaturePyramid(nn.Module):
         )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """x: (B, C, h, w) stride-16 map. Returns res2..res5, (B, out_dims[i], 4h/2^i, 4w/2^i)."""
-        return {
-            "res2": self.down_4(x),
-            "res3": self.down_8(x),
-            "res4": self.down_16(x),
-            "res5": self.down_32(x),
-        }
+        """x: (B, C, h, w) stride-16 map. Returns res2..res5, (B, out_dims[i], 4h/2^i, 4w/2^i), fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            return {
+                "res2": self.down_4(x),
+                "res3": self.down_8(x),
+                "res4": self.down_16(x),
+                "res5": self.down_32(x),
+            }
 
 
 class SamViTBackbone(nn.Module):
