@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from seem_ros.model import sam_vit
 from seem_ros.model.deformable_pixel_decoder import DeformablePixelDecoder
-from seem_ros.model.sam_vit import SamViTBackbone
+from seem_ros.model.sam_vit import Attention, SamViTBackbone
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -177,3 +178,18 @@ def test_full_size_keys_and_shapes_match_release(
         )
     assert _module_entries(backbone) == _layout_entries(layout_file, BACKBONE_PREFIX)
     assert _module_entries(pixel_decoder) == _layout_entries(layout_file, PIXEL_DECODER_PREFIX)
+
+
+def test_attention_in_chunks_of_query_rows_equals_attention_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    attention = Attention(dim=32, num_heads=2, grid_size=10).eval()
+    with torch.no_grad():
+        attention.rel_pos_h.normal_()
+        attention.rel_pos_w.normal_()
+    tokens = torch.randn(2, 10, 10, 32)
+    with torch.inference_mode():
+        at_once = attention(tokens)
+        bias_elements_per_row = 2 * 2 * 10 * 10 * 10  # batch, heads, query width, keys
+        monkeypatch.setattr(sam_vit, "BIAS_ELEMENTS_PER_CHUNK", 3 * bias_elements_per_row)
+        in_chunks = attention(tokens)  # rows 0-2, 3-5, 6-8, 9
+    assert torch.equal(in_chunks, at_once)
