@@ -180,16 +180,45 @@ def test_full_size_keys_and_shapes_match_release(
     assert _module_entries(pixel_decoder) == _layout_entries(layout_file, PIXEL_DECODER_PREFIX)
 
 
-def test_attention_in_chunks_of_query_rows_equals_attention_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.manual_seed(0)
+def _attention_over_a_grid_of_10(seed: int = 0) -> Attention:
+    torch.manual_seed(seed)
     attention = Attention(dim=32, num_heads=2, grid_size=10).eval()
     with torch.no_grad():
         attention.rel_pos_h.normal_()
         attention.rel_pos_w.normal_()
+    return attention
+
+
+def test_attention_in_chunks_of_query_rows_equals_attention_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    at_once = _attention_over_a_grid_of_10()
+    assert at_once.rows_per_chunk >= 10
+    monkeypatch.setattr(
+        sam_vit, "BIAS_ELEMENTS_PER_CHUNK", 3 * 2 * 10 * 10 * 10
+    )  # 3 rows: heads, width, keys
+    in_chunks = _attention_over_a_grid_of_10()
+    assert in_chunks.rows_per_chunk == 3  # rows 0-2, 3-5, 6-8, 9
     tokens = torch.randn(2, 10, 10, 32)
     with torch.inference_mode():
-        at_once = attention(tokens)
-        bias_elements_per_row = 2 * 2 * 10 * 10 * 10  # batch, heads, query width, keys
-        monkeypatch.setattr(sam_vit, "BIAS_ELEMENTS_PER_CHUNK", 3 * bias_elements_per_row)
-        in_chunks = attention(tokens)  # rows 0-2, 3-5, 6-8, 9
-    assert torch.equal(in_chunks, at_once)
+        assert torch.equal(in_chunks(tokens), at_once(tokens))
+
+
+def test_attention_in_chunks_exports_for_any_batch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The chunks are fixed when the graph is traced: a graph traced with one image runs batches of two."""
+    import onnxruntime
+
+    monkeypatch.setattr(sam_vit, "BIAS_ELEMENTS_PER_CHUNK", 3 * 2 * 10 * 10 * 10)
+    attention = _attention_over_a_grid_of_10()
+    path = tmp_path / "attention.onnx"
+    torch.onnx.export(
+        attention,
+        (torch.randn(1, 10, 10, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["tokens"],
+        dynamic_axes={"tokens": {0: "batch"}},
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    tokens = torch.randn(2, 10, 10, 32)
+    (exported,) = session.run(None, {"tokens": tokens.numpy()})
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.from_numpy(exported), attention(tokens), atol=1e-5, rtol=1e-5)

@@ -21,9 +21,10 @@ FEATURE_NAMES = ("res2", "res3", "res4", "res5")
 FEATURE_STRIDES = (4, 8, 16, 32)
 BIAS_ELEMENTS_PER_CHUNK = 2**25
 """`Attention` builds its relative-position bias, and attends, for as many query rows at a time as keep
-the bias under this many elements (128 MiB in fp32). A global block of SAM-ViT-B (4096 tokens, 12 heads)
-built it whole: 805 MB in fp32 and a 1.9 GB peak for one block on a CPU; in chunks of 10 rows the outputs
-are the same to the bit (each query's softmax is its own) and one block peaks at about 0.7 GB."""
+one image's bias under this many elements (128 MiB in fp32). A global block of SAM-ViT-B (4096 tokens, 12
+heads) built it whole: 805 MB in fp32 and a 1.9 GB peak for one block on a CPU; in chunks of 10 rows the
+outputs are the same to the bit (each query's softmax is its own) and one block peaks at about 0.7 GB.
+The chunks are fixed at construction, from the grid, so an exported graph holds them for any batch."""
 
 
 class PatchEmbed(nn.Module):
@@ -89,6 +90,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size - 1, head_dim))
+        self.rows_per_chunk = max(1, BIAS_ELEMENTS_PER_CHUNK // (num_heads * grid_size**3))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, H, W, C) float32. Returns (B, H, W, C)."""
@@ -102,10 +104,9 @@ class Attention(nn.Module):
         rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_query, table_h)  # (B, heads, H, W, H)
         rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_query, table_w)  # (B, heads, H, W, W)
 
-        rows_per_chunk = max(1, BIAS_ELEMENTS_PER_CHUNK // (batch * self.num_heads * width * height * width))
         chunks = []
-        for top in range(0, height, rows_per_chunk):
-            bottom = min(top + rows_per_chunk, height)
+        for top in range(0, height, self.rows_per_chunk):
+            bottom = min(top + self.rows_per_chunk, height)
             bias = rel_h[:, :, top:bottom, :, :, None] + rel_w[:, :, top:bottom, :, None, :]
             bias = bias.reshape(batch, self.num_heads, (bottom - top) * width, height * width)
             rows = query[:, :, top * width : bottom * width]
