@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -384,6 +385,30 @@ def test_interior_point() -> None:
     border[:, 25:] = True
     x, y = interior_point(border)
     assert border[y, x] and x == 27
+
+
+def _interior_point_over_the_whole_image(mask: np.ndarray) -> tuple[int, int]:
+    distance = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)
+    return int(x), int(y)
+
+
+def test_interior_point_on_the_bounding_box_is_that_of_the_whole_image() -> None:
+    """Blobs, several components, holes, image borders and single pixels: the same point (ties too)."""
+    generator = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = generator.integers(1, 80, size=2)
+        mask = np.zeros((height, width), dtype=np.uint8)
+        for _ in range(generator.integers(1, 4)):
+            center = (int(generator.integers(0, width)), int(generator.integers(0, height)))
+            axes = (int(generator.integers(0, width // 2 + 2)), int(generator.integers(0, height // 2 + 2)))
+            cv2.ellipse(mask, center, axes, float(generator.uniform(0, 180)), 0, 360, 1, -1)
+        mask = mask.astype(bool)
+        if generator.random() < 0.3:  # scattered pixels: holes and far-off single-pixel components
+            mask ^= generator.random((height, width)) < 0.02
+        if not mask.any():
+            continue
+        assert interior_point(mask) == _interior_point_over_the_whole_image(mask)
 
 
 def test_fits_image() -> None:

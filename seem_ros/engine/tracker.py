@@ -91,12 +91,19 @@ class TrackEvent:
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int] | None:
-    """(x, y) of the mask pixel farthest from its border (distance-transform maximum); None if empty."""
-    if not mask.any():
+    """(x, y) of the mask pixel farthest from its border (distance-transform maximum, the first in row-major
+    order on ties); None if empty. The transform runs on the mask's bounding box with a background ring:
+    every path out of the box crosses that ring, so the distances, and the point, are those of the whole
+    image (tested), for a fraction of the pixels (a 512x683 frame: 1.8 ms per track and frame before)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return None
-    distance = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    columns = np.flatnonzero(mask.any(axis=0))
+    top, left = int(rows[0]), int(columns[0])
+    box = mask[top : int(rows[-1]) + 1, left : int(columns[-1]) + 1]
+    distance = cv2.distanceTransform(np.pad(box.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
     y, x = np.unravel_index(int(distance.argmax()), distance.shape)
-    return int(x), int(y)
+    return left + int(x), top + int(y)
 
 
 def fits_image(target: Target, size: tuple[int, int]) -> bool:
