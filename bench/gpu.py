@@ -15,8 +15,10 @@ logit difference, and the image features' error (mean |difference| over mean |fp
 random weights is no measure of precision: its logits sit near the threshold, and summing in another
 order moves its IoU by several points (0.906 to 0.961 for the same bf16 features). The tiny reference
 model (`--reference DIR`, the parity set's weights and image) is checked for agreement too.
-Variants are run in order of importance and skipped, said so in the table, once `--budget` seconds have
-passed.
+Each precision runs on the model as a node holds it (`node_model`): bf16 and fp16 variants on a copy whose
+matrix and convolution weights are stored reduced, eager fp32 on fp32 weights; only the model in use is on
+the device. Variants are run in order of importance and skipped, said so in the table, once `--budget`
+seconds have passed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from bench.timing import summarize
 from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target
 from seem_ros.engine.segmenter import load_model
-from seem_ros.engine.torch_backend import TorchAcceleration, TorchDecoder, TorchImageEncoder
+from seem_ros.engine.torch_backend import (
+    PRECISIONS,
+    TorchAcceleration,
+    TorchDecoder,
+    TorchImageEncoder,
+    store_reduced_weights,
+)
 from seem_ros.engine.tracker import Tracker
 from seem_ros.engine.vocabulary_cache import VocabularyCache
 from seem_ros.model.seem import SEEM
@@ -185,6 +193,39 @@ def build_predictor(
         image_encoder=TorchImageEncoder(model, acceleration),
         decoder_backend=TorchDecoder(model, acceleration),
     )
+
+
+def node_model(
+    models: dict[tuple[str, str], tuple[SEEM, VocabularyCache]],
+    preset: str,
+    precision: str,
+    device: torch.device,
+    results: dict,
+) -> tuple[SEEM, VocabularyCache]:
+    """The preset's model (random weights) as a node holds it for `precision`: fp32 weights, or its matrix
+    and convolution weights stored reduced (`store_reduced_weights`, as `torch_backends` does). One model
+    per precision, built on first use into `models`; only the one returned stays on `device`, the others go
+    to the CPU, so a variant's peak GPU memory holds one model's weights."""
+    key = (preset, precision)
+    for other_key, (other, _) in models.items():
+        if other_key != key:
+            other.to("cpu")
+    if key not in models:
+        start = time.perf_counter()
+        model = load_model(preset, random_weights=True).eval()
+        if PRECISIONS[precision] is not None:
+            store_reduced_weights(model, precision)
+        models[key] = (model, VocabularyCache(model.language_encoder))
+        results.setdefault("model_build_s", {})[f"{preset} {precision}"] = time.perf_counter() - start
+        print(
+            f"{preset}: random weights built for {precision} in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+    model, vocabulary_cache = models[key]
+    model.to(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return model, vocabulary_cache
 
 
 def agreement(reference: Answers, candidate: Answers) -> dict[str, float]:
@@ -339,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=1))
 
-    models: dict[str, tuple[SEEM, VocabularyCache]] = {}
+    models: dict[tuple[str, str], tuple[SEEM, VocabularyCache]] = {}
     for batch in args.batches:
         for preset in args.presets:
             eager_answers = None
@@ -351,16 +392,11 @@ def main(argv: list[str] | None = None) -> None:
                 elif VARIANTS[variant].cuda_graphs and device.type != "cuda":
                     row["skipped"] = "CUDA graphs need a CUDA device"
                 else:
-                    if preset not in models:
-                        start = time.perf_counter()
-                        model = load_model(preset, random_weights=True).to(device).eval()
-                        models[preset] = (model, VocabularyCache(model.language_encoder))
-                        results.setdefault("model_build_s", {})[preset] = time.perf_counter() - start
-                        print(
-                            f"{preset}: random weights built in {time.perf_counter() - start:.1f} s",
-                            flush=True,
-                        )
-                    model, vocabulary_cache = models[preset]
+                    precision = VARIANTS[variant].precision
+                    model, vocabulary_cache = node_model(models, preset, precision, device, results)
+                    row["weights"] = (
+                        "fp32" if PRECISIONS[precision] is None else f"{precision}, stored reduced"
+                    )
                     try:
                         measured, answers = measure(
                             model,

@@ -310,6 +310,7 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     for row in measured:
         assert set(row["stages"]) == {"preprocess", "image_encoder", "decoder", "postprocess"}
         assert row["frames_per_second"] > 0
+        assert row["weights"] == ("fp32" if row["variant"] == "eager" else "bf16, stored reduced")
     for row in measured:
         if row["variant"] == "autocast":
             agreement = row["agreement_vs_eager_fp32"]
