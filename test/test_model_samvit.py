@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seem_ros.model import sam_vit
+from seem_ros.model import deformable_pixel_decoder, sam_vit
 from seem_ros.model.deformable_pixel_decoder import DeformablePixelDecoder
 from seem_ros.model.sam_vit import Attention, SamViTBackbone
 
@@ -222,3 +222,18 @@ def test_attention_in_chunks_exports_for_any_batch(monkeypatch: pytest.MonkeyPat
     (exported,) = session.run(None, {"tokens": tokens.numpy()})
     with torch.inference_mode():
         torch.testing.assert_close(torch.from_numpy(exported), attention(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_deformable_attention_in_chunks_of_queries_equals_all_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(12, 10), (6, 5), (3, 3)]
+    batch, heads, head_dim, queries, points = 2, 3, 4, 150, 4
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, head_dim, generator=generator)
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator) * 1.2 - 0.1
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
+    all_at_once = deformable_pixel_decoder.multi_scale_deformable_attention(value, shapes, locations, weights)
+    monkeypatch.setattr(deformable_pixel_decoder, "CPU_QUERIES_PER_CHUNK", 64)  # 64, 64 and 22 queries
+    in_chunks = deformable_pixel_decoder.multi_scale_deformable_attention(value, shapes, locations, weights)
+    assert torch.equal(in_chunks, all_at_once)
