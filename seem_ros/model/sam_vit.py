@@ -101,8 +101,10 @@ class Attention(nn.Module):
         table_h = relative_position_table(self.rel_pos_h, height)  # (H, H, head_dim)
         table_w = relative_position_table(self.rel_pos_w, width)  # (W, W, head_dim)
         grid_query = query.reshape(batch, self.num_heads, height, width, -1)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_query, table_h)  # (B, heads, H, W, H)
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_query, table_w)  # (B, heads, H, W, W)
+        # contiguous, so the bias chunks summed from them are too (einsum hands on a permuted layout, and
+        # each chunk was then copied once more to be reshaped: 0.3 of SAM-ViT-B's 3.3 s bf16 ViT on a CPU)
+        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid_query, table_h).contiguous()  # (B, heads, H, W, H)
+        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid_query, table_w).contiguous()  # (B, heads, H, W, W)
 
         chunks = []
         for top in range(0, height, self.rows_per_chunk):
