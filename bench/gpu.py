@@ -216,11 +216,9 @@ def node_model(
         if PRECISIONS[precision] is not None:
             store_reduced_weights(model, precision)
         models[key] = (model, VocabularyCache(model.language_encoder))
-        results.setdefault("model_build_s", {})[f"{preset} {precision}"] = time.perf_counter() - start
-        print(
-            f"{preset}: random weights built for {precision} in {time.perf_counter() - start:.1f} s",
-            flush=True,
-        )
+        build_s = time.perf_counter() - start
+        results.setdefault("model_build_s", {})[f"{preset} {precision}"] = build_s
+        print(f"{preset}: random weights built for {precision} in {build_s:.1f} s", flush=True)
     model, vocabulary_cache = models[key]
     model.to(device)
     if device.type == "cuda":

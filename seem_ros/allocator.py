@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Callable
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 """mallopt parameter: free memory at the top of the heap above this many bytes is returned to the system."""
@@ -73,16 +75,25 @@ def suit_backend(backend: str, device_type: str) -> None:
         unmap_large_blocks()
 
 
-def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+def c_library_function(name: str, argtypes: tuple[type, ...], restype: type) -> Callable[..., Any] | None:
+    """glibc's function `name` with its argument and result types set; None where the process does not run
+    on Linux with glibc, or its C library has no such function."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return False
-    mallopt = getattr(libc, "mallopt", None)
+        return None
+    function = getattr(libc, name, None)
+    if function is None:
+        return None
+    function.argtypes = argtypes
+    function.restype = restype
+    return function
+
+
+def _mallopt(settings: tuple[tuple[int, int], ...]) -> bool:
+    mallopt = c_library_function("mallopt", (ctypes.c_int, ctypes.c_int), ctypes.c_int)
     if mallopt is None:
         return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     return all([bool(mallopt(parameter, value)) for parameter, value in settings])

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from seem_ros.allocator import c_library_function
 from seem_ros.cache import default_cache_dir, write_atomically
 from seem_ros.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from seem_ros.model.presets import build_preset, randomize_weights
@@ -166,7 +167,11 @@ class MappedPages:
 
     def __init__(self) -> None:
         self.file_ranges = _file_mapped_ranges()
-        self._madvise = _libc_madvise() if self.file_ranges else None
+        self._madvise = (
+            c_library_function("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int)
+            if self.file_ranges
+            else None
+        )
 
     def release(self, tensor: Tensor) -> int:
         """Drop `tensor`'s whole pages from this process's resident memory (madvise MADV_DONTNEED) when
@@ -205,13 +210,3 @@ def _file_mapped_ranges() -> list[tuple[int, int]]:
             low, high = fields[0].split("-")
             ranges.append((int(low, 16), int(high, 16)))
     return ranges
-
-
-def _libc_madvise() -> Callable[..., int] | None:
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    madvise.restype = ctypes.c_int
-    return madvise
