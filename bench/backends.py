@@ -1,29 +1,37 @@
 """The backends a benchmark compares, by name: what the node's parameters and the engine make of each.
 
 `torch` and `onnx` are the node's `backend` values; `torch_bf16` is the PyTorch backend under bf16
-autocast (`precision: bf16`), fast on CPUs with bf16 units (AMX, AVX-512 BF16). Names are also ROS
-namespaces and node names in the node section, so they hold letters, digits and underscores only.
+autocast (`precision: bf16`), fast on CPUs with bf16 units (AMX, AVX-512 BF16); `torch_bf16_compiled` the
+same compiled with torch.compile (`compile: true`; minutes at a cold start, its code cached after). Names
+are also ROS namespaces and node names in the node section, so they hold letters, digits and underscores
+only.
 """
 
 from __future__ import annotations
 
-BACKENDS: dict[str, dict[str, str]] = {
-    "torch": {"backend": "torch", "precision": "fp32"},
-    "onnx": {"backend": "onnx", "precision": "fp32"},
-    "torch_bf16": {"backend": "torch", "precision": "bf16"},
+BACKENDS: dict[str, dict[str, str | bool]] = {
+    "torch": {"backend": "torch", "precision": "fp32", "compile": False},
+    "onnx": {"backend": "onnx", "precision": "fp32", "compile": False},
+    "torch_bf16": {"backend": "torch", "precision": "bf16", "compile": False},
+    "torch_bf16_compiled": {"backend": "torch", "precision": "bf16", "compile": True},
 }
 
 
-def node_parameters(name: str) -> dict[str, str]:
-    """The seem_node parameters (`backend`, `precision`) of the benchmark backend `name`."""
+def node_parameters(name: str) -> dict[str, str | bool]:
+    """The seem_node parameters (`backend`, `precision`, `compile`) of the benchmark backend `name`."""
     return dict(BACKENDS[name])
 
 
 def engine_backend(name: str) -> str:
     """The engine backend ("torch" or "onnx") that the benchmark backend `name` runs on."""
-    return BACKENDS[name]["backend"]
+    return str(BACKENDS[name]["backend"])
 
 
 def precision(name: str) -> str:
     """The PyTorch precision ("fp32" or "bf16") of the benchmark backend `name`."""
-    return BACKENDS[name]["precision"]
+    return str(BACKENDS[name]["precision"])
+
+
+def compiles(name: str) -> bool:
+    """Whether the benchmark backend `name` runs its PyTorch model through torch.compile."""
+    return bool(BACKENDS[name]["compile"])

@@ -8,7 +8,8 @@ decode the panoptic segmentation over the COCO vocabulary together with one trac
 carried forward with SEEM's memory prompt), post-process to full-size masks. Batch B = B cameras: their
 frames are encoded in one batched image-encoder pass, then each camera's targets are decoded. Per variant:
 median and p90 of per-stage times (the device is synchronised before each clock read), frames per second
-over all cameras, peak GPU memory, the time the first frames took (compilation), and agreement with
+over all cameras, peak GPU memory, the time the first frames took (compilation, or loading what an
+earlier run compiled: the JSON's `compiled_code` says whether its cache held any), and agreement with
 eager fp32 on the agreement set: the benchmark frame and three more real photos, nine clicks on each
 (`AGREEMENT_PHOTOS`, `AGREEMENT_CLICKS`): mask IoU (mean and worst of the 36 masks), the largest
 logit difference, and the image features' error (mean |difference| over mean |fp32|). One mask of
@@ -42,6 +43,7 @@ from seem_ros.engine.torch_backend import (
     TorchAcceleration,
     TorchDecoder,
     TorchImageEncoder,
+    keep_compiled_code,
     store_reduced_weights,
 )
 from seem_ros.engine.tracker import Tracker
@@ -350,6 +352,14 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compiled_code_cache() -> dict:
+    """Where compiled variants keep their code (`keep_compiled_code`), and whether it held any when the run
+    began: with code from an earlier run of the same models, torch and device, the compiled variants'
+    warm-up loads their graphs instead of compiling them."""
+    folder = keep_compiled_code()
+    return {"dir": str(folder), "held_code_at_start": folder.is_dir() and any(folder.iterdir())}
+
+
 def machine(device: torch.device) -> dict:
     description = {
         "device": str(device),
@@ -372,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = ClipTokenizer()
     frame = load_frame(args.image, FRAME_SIZE)
     results: dict = {"machine": machine(device), "frame_size": list(FRAME_SIZE), "rows": []}
+    if any(VARIANTS[variant].compile for variant in args.variants):
+        results["compiled_code"] = compiled_code_cache()
+        print(f"compiled code cache: {results['compiled_code']}", flush=True)
 
     def save() -> None:
         if args.json is not None:

@@ -1,5 +1,5 @@
 """Where seem_ros keeps what it computes or assembles once (tokenizer files, text embeddings, ONNX models,
-the speech model, checkpoints by default). Imports nothing heavy."""
+the speech model, torch.compile's compiled code, checkpoints by default). Imports nothing heavy."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ GPU benchmark runs on the CPU and writes its JSON."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from seem_ros.engine.torch_backend import (
     TorchDecoder,
     TorchImageEncoder,
     cpu_has_bf16_units,
+    keep_compiled_code,
     store_reduced_weights,
     torch_backends,
 )
@@ -286,6 +288,54 @@ def test_settings_a_device_cannot_run_are_refused(model):
     encoder = TorchImageEncoder(model, TorchAcceleration("fp16"))
     with pytest.raises(ValueError, match="need a CUDA device"):
         encoder(torch.zeros((1, 3, 64, 64)))
+
+
+COMPILE_ONCE = """
+import json, torch
+from torch._dynamo.utils import counters
+from seem_ros.engine.torch_backend import TorchAcceleration
+scale = TorchAcceleration(compile=True).wrap(lambda x: torch.nn.functional.gelu(x * 3.0) + 1.0)
+scale(torch.ones(8))
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+def _compile_in_a_new_process(environment: dict[str, str]) -> dict[str, int]:
+    """Inductor's cache counters after a new process compiled a small function through the backends."""
+    completed = subprocess.run(
+        [sys.executable, "-c", COMPILE_ONCE], env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_compiled_code_is_kept_in_the_cache_for_the_next_start(tmp_path):
+    """What torch.compile compiled goes to `<cache>/torch_compile`; a new process compiling the same
+    function loads it from there instead of compiling it again."""
+    environment = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    environment["SEEM_ROS_CACHE_DIR"] = str(tmp_path / "cache")
+    first = _compile_in_a_new_process(environment)
+    assert first.get("fxgraph_cache_miss", 0) >= 1 and not first.get("fxgraph_cache_hit")
+    assert any((tmp_path / "cache" / "torch_compile").rglob("*.py"))
+    second = _compile_in_a_new_process(environment)
+    assert second.get("fxgraph_cache_hit", 0) >= 1 and not second.get("fxgraph_cache_miss")
+
+
+def test_a_users_own_compiled_code_folder_is_kept(tmp_path, monkeypatch):
+    """A folder the user chose stays; inductor's own default (written when it is imported) does not."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default_dir
+
+    monkeypatch.setenv("SEEM_ROS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "own"))
+    assert keep_compiled_code() == tmp_path / "own"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "own")
+    for inductor_default in (inductor_default_dir(), None):
+        if inductor_default is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", inductor_default)
+        assert keep_compiled_code() == tmp_path / "cache" / "torch_compile"
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torch_compile")
 
 
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
