@@ -378,6 +378,12 @@ def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(pho
     assert segmenter.engine.predictor.model.backbone.patch_embed.proj.weight.dtype == torch.bfloat16
     result = segmenter.process(photo)
     assert result.panoptic.shape == photo.shape[:2]
+    compiled = build_segmenter(
+        SegmenterConfig("focalt_tiny", device="cpu", random_weights=True, compile=True, short_side=64)
+    )
+    facts = compiled.describe()
+    assert facts["backend"] == "torch-fp32-compiled" and "backends" in facts["startup"]
+    assert facts["compiled code"] == str(keep_compiled_code())
     with pytest.raises(ValueError, match="set compile too"):
         SegmenterConfig("focalt_tiny", cuda_graphs=True)
     with pytest.raises(ValueError, match="apply to the torch backend"):

@@ -82,8 +82,9 @@ class SegmenterConfig:
     )
     compile: bool = setting(
         False,
-        "torch backend: compile the image encoder and decoder with torch.compile (minutes at start for each "
-        "input size and prompt layout, faster frames after).",
+        "torch backend: compile the image encoder and decoder with torch.compile (minutes at the first frame "
+        "of each input size and prompt layout, faster frames after; the compiled code is kept in "
+        "<cache>/torch_compile, so later starts load it in seconds).",
     )
     cuda_graphs: bool = setting(
         False,

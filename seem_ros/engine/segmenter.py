@@ -19,7 +19,12 @@ from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.predictor import PanopticSettings, SeemPredictor
 from seem_ros.engine.session import Session, SessionSettings
-from seem_ros.engine.torch_backend import TorchAcceleration, TorchImageEncoder, torch_backends
+from seem_ros.engine.torch_backend import (
+    TorchAcceleration,
+    TorchImageEncoder,
+    keep_compiled_code,
+    torch_backends,
+)
 from seem_ros.engine.vocabulary_cache import COCO_PANOPTIC, Vocabulary, VocabularyCache
 from seem_ros.engine.weights import (
     WeightsFingerprints,
@@ -128,6 +133,7 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
     if config.backend == "torch" and acceleration != TorchAcceleration():
         acceleration.check_device(device)
         image_encoder, decoder_backend = torch_backends(model, acceleration)
+        phases.done("backends")
     if config.backend == "onnx":
         from seem_ros.engine.onnx_backend import exported_onnx_image_encoder, release_torch_image_encoder
         from seem_ros.engine.onnx_decoder import OnnxDecoder
@@ -172,6 +178,9 @@ def build_predictor(config: SegmenterConfig) -> tuple[SeemPredictor, dict[str, s
         "backend": backend,
         "startup": phases.describe(),
     }
+    if config.backend == "torch" and acceleration.compile:
+        # the first frame of each input size and prompt layout compiles (minutes); later starts load it
+        description["compiled code"] = str(keep_compiled_code())
     caution = acceleration.caution(device)
     if caution is not None:
         description["caution"] = caution
