@@ -40,7 +40,7 @@ from seem_ros.launch_logic import LaunchArguments, plan_nodes
 from seem_ros.msg import InstanceMask, InstanceMaskArray
 from seem_ros.ros.conversions import array_to_image, instance_mask_from_msg
 from seem_ros.ros.diagnostics import FrameCounters
-from seem_ros.ros.inputs import FrameSlots, StampedPairs
+from seem_ros.ros.inputs import FrameSlots, PublicationGaps, StampedPairs
 from seem_ros.ros.markers import BOX_NAMESPACE, LABEL_NAMESPACE, instance_markers
 from seem_ros.srv import SegmentImage, SetVocabulary
 
@@ -144,6 +144,20 @@ def test_frame_slots_keep_the_newest_frame_per_camera_and_serve_the_longest_wait
     assert slots.take(1) == [("wrist", b"w1")]  # a camera publishing more often does not jump the queue
     assert slots.take(1) == [("rear", b"r3")]
     assert not slots.pending() and slots.take(4) == []
+
+
+def test_frames_a_publisher_sent_while_the_model_ran_count_as_received_and_dropped():
+    """Images wait in DDS while the model runs (depth 1): the publication sequence numbers say how many
+    were replaced there, per publisher; a middleware without them counts none."""
+    gaps, slots, counters = PublicationGaps(), FrameSlots(), FrameCounters()
+    camera, other = {"data": [1] * 16}, {"data": [2] * 16}
+    for number, publisher, skipped in ((1, camera, 0), (2, camera, 0), (7, camera, 4), (3, other, 0)):
+        info = {"publication_sequence_number": number, "publisher_gid": publisher}
+        assert gaps.skipped(info) == skipped
+        slots.put("front", b"frame", counters, skipped)
+        slots.take(1)
+    assert (counters.received, counters.dropped_replaced) == (8, 4)
+    assert gaps.skipped({"publication_sequence_number": None, "publisher_gid": None}) == 0
 
 
 # The node over DDS.

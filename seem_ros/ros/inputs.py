@@ -19,7 +19,7 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile
 from rclpy.service import Service
-from rclpy.subscription import Subscription
+from rclpy.subscription import MessageInfo, Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -34,7 +34,8 @@ from seem_ros.ros.node_runner import sensor_qos
 from seem_ros.ros.parameters import NodeSettings
 from seem_ros.srv import SegmentImage, SetVocabulary
 
-# REP-2003: subscribe to sensor data best effort; depth 1 because only the newest image matters.
+# REP-2003: subscribe to sensor data best effort; depth 1 because only the newest image matters (while the
+# model runs, a newer image replaces the waiting one in DDS).
 IMAGE_QOS = sensor_qos(1)
 # Depth images are buffered (DepthBuffer) to pair them with colour images by stamp.
 DEPTH_QOS = sensor_qos(5)
@@ -60,14 +61,17 @@ class FrameSlots:
         self._lock = threading.Lock()
         self._waiting: dict[str, WaitingFrame] = {}
 
-    def put(self, camera: str, serialized: bytes, counters: FrameCounters) -> None:
+    def put(self, camera: str, serialized: bytes, counters: FrameCounters, skipped: int = 0) -> None:
+        """The camera's newest frame; `skipped`: frames it published since its last one here that never
+        arrived (replaced in DDS while the model ran, or lost), counted as received and dropped."""
         with self._lock:
             waiting = self._waiting.get(camera)
             if waiting is not None:
                 counters.dropped_replaced += 1
             since = waiting.waiting_since if waiting is not None else time.monotonic()
             self._waiting[camera] = WaitingFrame(serialized, since)
-            counters.received += 1
+            counters.received += 1 + skipped
+            counters.dropped_replaced += skipped
 
     def take(self, most: int) -> list[tuple[str, bytes]]:
         """Up to `most` (camera, serialized frame) pairs, the longest-waiting first; they leave the slots."""
@@ -82,6 +86,25 @@ class FrameSlots:
     def clear(self) -> None:
         with self._lock:
             self._waiting.clear()
+
+
+class PublicationGaps:
+    """How many messages each publisher on a topic sent between two that were taken: the gaps in their
+    publication sequence numbers (DDS numbers each writer's samples 1, 2, 3, ...)."""
+
+    def __init__(self) -> None:
+        self._last: dict[bytes, int] = {}
+
+    def skipped(self, info: MessageInfo) -> int:
+        """Messages of `info`'s publisher never taken before this one; 0 where the middleware gives no
+        sequence number."""
+        number, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
+        if number is None or gid is None:
+            return 0
+        publisher = bytes(gid.get("data", b""))
+        last = self._last.get(publisher)
+        self._last[publisher] = number
+        return max(0, number - last - 1) if last is not None else 0
 
 
 class StampedPairs:
@@ -107,9 +130,13 @@ class StampedPairs:
 
 @dataclass
 class CallbackGroups:
-    """Images and camera info; prompts; services. Inference runs in a group of its own, so inputs never
-    wait for it."""
+    """frames: the cameras' images and camera info, and inference. While the model runs, a camera's newest
+    image waits in DDS (depth 1) instead of being taken: at 30 Hz, taking every image in Python beside the
+    model (the executor's work and its hold of the GIL) slowed a 2-core CPU's bf16 frames 2 to 4 times.
+    inputs: depth, and the diagnostics timer, taken while the model runs (a depth image is paired with its
+    colour image by stamp). prompts. services."""
 
+    frames: CallbackGroup
     inputs: CallbackGroup
     prompts: CallbackGroup
     services: CallbackGroup
@@ -119,7 +146,8 @@ class CameraInputs:
     """One camera's subscriptions (made by `subscribe` on activate, removed by `unsubscribe`) and services
     (made at construction, on configure), under its namespace prefix ("" or "front/").
 
-    on_image(serialized): a new image. on_prompt(text): an operator command addressed to this camera.
+    on_image(serialized, skipped): a new image, and how many its publisher sent since the last one taken.
+    on_prompt(text): an operator command addressed to this camera.
     """
 
     def __init__(
@@ -130,7 +158,7 @@ class CameraInputs:
         session: Session,
         errors: ErrorLog,
         groups: CallbackGroups,
-        on_image: Callable[[bytes], None],
+        on_image: Callable[[bytes, int], None],
         on_prompt: Callable[[str], None],
         point_transformer: PointTransformer,
     ) -> None:
@@ -141,6 +169,7 @@ class CameraInputs:
         self.errors = errors
         self._groups = groups
         self._on_image = on_image
+        self._image_gaps = PublicationGaps()
         self._on_prompt = on_prompt
         self._point_transformer = point_transformer
         self.camera_info: CameraInfo | None = None
@@ -167,15 +196,19 @@ class CameraInputs:
 
     # ------------------------------------------------------------------ lifecycle
     def subscribe(self) -> None:
-        node, prefix, inputs = self._node, self.prefix, self._groups.inputs
-        # Images arrive serialized and only the one inference takes is deserialized: at 30 Hz in and a few
-        # Hz out, the Python work (and GIL time) of the replaced frames is saved.
+        node, prefix, inputs, frames = self._node, self.prefix, self._groups.inputs, self._groups.frames
+        # Images arrive serialized and only the one inference takes is deserialized.
         self._subscriptions = [
             node.create_subscription(
-                self.image_type, self.image_topic, self._on_image, IMAGE_QOS, callback_group=inputs, raw=True
+                self.image_type,
+                self.image_topic,
+                self._take_image,
+                IMAGE_QOS,
+                callback_group=frames,
+                raw=True,
             ),
             node.create_subscription(
-                CameraInfo, f"{prefix}camera_info", self._on_camera_info, IMAGE_QOS, callback_group=inputs
+                CameraInfo, f"{prefix}camera_info", self._on_camera_info, IMAGE_QOS, callback_group=frames
             ),
         ]
         if self.settings.use_depth:
@@ -237,6 +270,9 @@ class CameraInputs:
         return guarded
 
     # ------------------------------------------------------------------ camera
+    def _take_image(self, serialized: bytes, info: MessageInfo) -> None:
+        self._on_image(serialized, self._image_gaps.skipped(info))
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.camera_info = msg
 

@@ -130,11 +130,11 @@ class SeemNode(LifecycleNode):
         self._configure_error: Exception | None = None
         self._node_prompt: Subscription | None = None
         self._point_transformer = PointTransformer(self)
-        self._groups = CallbackGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(3)))
+        self._groups = CallbackGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(4)))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
         self._frames_ready = self.create_guard_condition(
-            self._infer_waiting_frames, callback_group=MutuallyExclusiveCallbackGroup()
+            self._infer_waiting_frames, callback_group=self._groups.frames
         )
         self.create_timer(
             self.settings.diagnostics_period, self._publish_diagnostics, callback_group=self._groups.inputs
@@ -171,7 +171,7 @@ class SeemNode(LifecycleNode):
             session,
             errors,
             self._groups,
-            on_image=lambda serialized: self._on_image(name, serialized),
+            on_image=lambda serialized, skipped: self._on_image(name, serialized, skipped),
             on_prompt=lambda text: self._on_prompt(text, name),
             point_transformer=self._point_transformer,
         )
@@ -243,8 +243,8 @@ class SeemNode(LifecycleNode):
         return self.on_cleanup(state)
 
     # ------------------------------------------------------------------ frames
-    def _on_image(self, camera: str, serialized: bytes) -> None:
-        self._slots.put(camera, serialized, self._cameras[camera].counters)
+    def _on_image(self, camera: str, serialized: bytes, skipped: int) -> None:
+        self._slots.put(camera, serialized, self._cameras[camera].counters, skipped)
         self._frames_ready.trigger()
 
     def _infer_waiting_frames(self) -> None:
