@@ -158,6 +158,11 @@ def test_frames_a_publisher_sent_while_the_model_ran_count_as_received_and_dropp
         slots.take(1)
     assert (counters.received, counters.dropped_replaced) == (8, 4)
     assert gaps.skipped({"publication_sequence_number": None, "publisher_gid": None}) == 0
+    few = PublicationGaps(max_publishers=2)
+    for number, publisher in ((1, camera), (1, other), (5, camera), (1, {"data": [3] * 16})):
+        few.skipped({"publication_sequence_number": number, "publisher_gid": publisher})
+    assert few.skipped({"publication_sequence_number": 9, "publisher_gid": camera}) == 3  # kept
+    assert few.skipped({"publication_sequence_number": 9, "publisher_gid": other}) == 0  # forgotten
 
 
 # The node over DDS.

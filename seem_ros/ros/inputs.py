@@ -90,10 +90,12 @@ class FrameSlots:
 
 class PublicationGaps:
     """How many messages each publisher on a topic sent between two that were taken: the gaps in their
-    publication sequence numbers (DDS numbers each writer's samples 1, 2, 3, ...)."""
+    publication sequence numbers (DDS numbers each writer's samples 1, 2, 3, ...). The last
+    `max_publishers` publishers heard are remembered (a restarted driver is a new publisher)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_publishers: int = 16) -> None:
         self._last: dict[bytes, int] = {}
+        self._max_publishers = max_publishers
 
     def skipped(self, info: MessageInfo) -> int:
         """Messages of `info`'s publisher never taken before this one; 0 where the middleware gives no
@@ -102,8 +104,10 @@ class PublicationGaps:
         if number is None or gid is None:
             return 0
         publisher = bytes(gid.get("data", b""))
-        last = self._last.get(publisher)
-        self._last[publisher] = number
+        last = self._last.pop(publisher, None)
+        self._last[publisher] = number  # the most recently heard last
+        while len(self._last) > self._max_publishers:
+            self._last.pop(next(iter(self._last)))
         return max(0, number - last - 1) if last is not None else 0
 
 
