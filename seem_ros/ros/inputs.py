@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PointStamped, PolygonStamped
-from rclpy.callback_groups import CallbackGroup
+from rclpy.callback_groups import CallbackGroup, MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import QoSProfile
 from rclpy.service import Service
@@ -132,16 +133,44 @@ class StampedPairs:
         return (msg, partner) if side == 0 else (partner, msg)
 
 
+class WhileModelIdle(MutuallyExclusiveCallbackGroup):
+    """A mutually exclusive callback group whose callbacks run only while no inference step runs
+    (`model_running`). Meanwhile the executor neither waits on its subscriptions nor takes their messages:
+    they wait in DDS, the newest kept as their QoS depth says. Taking every image of a 30 Hz camera beside
+    the model (rclpy's executor work in Python, and its holds of the GIL that the model's thread retakes
+    after every operator) slowed bf16 frames on a 2-core CPU 2 to 4 times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._model_running = False
+
+    def can_execute(self, entity: Any) -> bool:
+        return not self._model_running and super().can_execute(entity)
+
+    def beginning_execution(self, entity: Any) -> bool:
+        return not self._model_running and super().beginning_execution(entity)
+
+    @contextmanager
+    def model_running(self, wake: Callable[[], None]) -> Iterator[None]:
+        """Hold this group's callbacks back for the block; then `wake` the executor, whose wait left them
+        out, so that it takes what arrived meanwhile."""
+        self._model_running = True
+        try:
+            yield
+        finally:
+            self._model_running = False
+            wake()
+
+
 @dataclass
 class CallbackGroups:
-    """frames: the cameras' images and camera info, and inference. While the model runs, a camera's newest
-    image waits in DDS (depth 1) instead of being taken: at 30 Hz, taking every image in Python beside the
-    model (the executor's work and its hold of the GIL) slowed a 2-core CPU's bf16 frames 2 to 4 times.
-    inputs: depth, and the diagnostics timer, taken while the model runs (a depth image is paired with its
-    colour image by stamp). prompts. services."""
+    """sensors: the cameras' images, camera info and depth, taken while the model is idle
+    (`WhileModelIdle`; a depth image is paired with its colour image by stamp after the step, before its
+    results are published). inference: the inference step. timers: diagnostics. prompts. services."""
 
-    frames: CallbackGroup
-    inputs: CallbackGroup
+    sensors: WhileModelIdle
+    inference: CallbackGroup
+    timers: CallbackGroup
     prompts: CallbackGroup
     services: CallbackGroup
 
@@ -200,7 +229,7 @@ class CameraInputs:
 
     # ------------------------------------------------------------------ lifecycle
     def subscribe(self) -> None:
-        node, prefix, inputs, frames = self._node, self.prefix, self._groups.inputs, self._groups.frames
+        node, prefix, sensors = self._node, self.prefix, self._groups.sensors
         # Images arrive serialized and only the one inference takes is deserialized.
         self._subscriptions = [
             node.create_subscription(
@@ -208,24 +237,24 @@ class CameraInputs:
                 self.image_topic,
                 self._take_image,
                 IMAGE_QOS,
-                callback_group=frames,
+                callback_group=sensors,
                 raw=True,
             ),
             node.create_subscription(
-                CameraInfo, f"{prefix}camera_info", self._on_camera_info, IMAGE_QOS, callback_group=frames
+                CameraInfo, f"{prefix}camera_info", self._on_camera_info, IMAGE_QOS, callback_group=sensors
             ),
         ]
         if self.settings.use_depth:
             self._subscriptions += [
                 node.create_subscription(
-                    Image, f"{prefix}depth", self.depth.put, DEPTH_QOS, callback_group=inputs
+                    Image, f"{prefix}depth", self.depth.put, DEPTH_QOS, callback_group=sensors
                 ),
                 node.create_subscription(
                     CameraInfo,
                     f"{prefix}depth/camera_info",
                     self._on_depth_info,
                     IMAGE_QOS,
-                    callback_group=inputs,
+                    callback_group=sensors,
                 ),
             ]
         prompts: list[tuple[type, str, Callable[[Any], None]]] = [

@@ -88,7 +88,7 @@ from seem_ros.msg import PromptFeedback
 from seem_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_status
 from seem_ros.ros.frames import PointTransformer
-from seem_ros.ros.inputs import COMMAND_QOS, CallbackGroups, CameraInputs, FrameSlots
+from seem_ros.ros.inputs import COMMAND_QOS, CallbackGroups, CameraInputs, FrameSlots, WhileModelIdle
 from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, call_between_waits, run_node
 from seem_ros.ros.parameters import NodeSettings, declare_and_read
 from seem_ros.ros.publishing import CameraOutputs, GeometrySource
@@ -130,14 +130,14 @@ class SeemNode(LifecycleNode):
         self._configure_error: Exception | None = None
         self._node_prompt: Subscription | None = None
         self._point_transformer = PointTransformer(self)
-        self._groups = CallbackGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(4)))
+        self._groups = CallbackGroups(WhileModelIdle(), *(MutuallyExclusiveCallbackGroup() for _ in range(4)))
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
         self._frames_ready = self.create_guard_condition(
-            self._infer_waiting_frames, callback_group=self._groups.frames
+            self._infer_waiting_frames, callback_group=self._groups.inference
         )
         self.create_timer(
-            self.settings.diagnostics_period, self._publish_diagnostics, callback_group=self._groups.inputs
+            self.settings.diagnostics_period, self._publish_diagnostics, callback_group=self._groups.timers
         )
         if self.settings.autostart:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
@@ -267,6 +267,10 @@ class SeemNode(LifecycleNode):
         if self._slots.pending():
             self._frames_ready.trigger()
 
+    def _wake_executor(self) -> None:
+        if self.executor is not None:
+            self.executor.wake()
+
     def _frame(self, camera: Camera, serialized: bytes) -> tuple[Header, np.ndarray] | None:
         """A waiting frame's header and RGB pixels; None (counted, logged) when it is stale or bad."""
         inputs = camera.inputs
@@ -298,7 +302,8 @@ class SeemNode(LifecycleNode):
 
     def _infer(self, frames: list[tuple[Camera, tuple[Header, np.ndarray]]]) -> None:
         start = time.perf_counter()
-        outcomes = self._engine.step([(camera.session, rgb) for camera, (_, rgb) in frames])
+        with self._groups.sensors.model_running(self._wake_executor):
+            outcomes = self._engine.step([(camera.session, rgb) for camera, (_, rgb) in frames])
         seconds = time.perf_counter() - start
         for (camera, (header, rgb)), outcome in zip(frames, outcomes, strict=True):
             if isinstance(outcome, InputError):
