@@ -40,7 +40,7 @@ from seem_ros.launch_logic import LaunchArguments, plan_nodes
 from seem_ros.msg import InstanceMask, InstanceMaskArray
 from seem_ros.ros.conversions import array_to_image, instance_mask_from_msg
 from seem_ros.ros.diagnostics import FrameCounters
-from seem_ros.ros.inputs import FrameSlots, PublicationGaps, StampedPairs
+from seem_ros.ros.inputs import FrameSlots, PublicationGaps, StampedPairs, WhileModelIdle
 from seem_ros.ros.markers import BOX_NAMESPACE, LABEL_NAMESPACE, instance_markers
 from seem_ros.srv import SegmentImage, SetVocabulary
 
@@ -163,6 +163,26 @@ def test_frames_a_publisher_sent_while_the_model_ran_count_as_received_and_dropp
         few.skipped({"publication_sequence_number": number, "publisher_gid": publisher})
     assert few.skipped({"publication_sequence_number": 9, "publisher_gid": camera}) == 3  # kept
     assert few.skipped({"publication_sequence_number": 9, "publisher_gid": other}) == 0  # forgotten
+
+
+def test_sensor_callbacks_wait_while_the_model_runs_and_the_executor_is_woken_after():
+    """`WhileModelIdle`: no sensor callback may start during an inference step (the executor leaves its
+    subscriptions out of its wait); after the step the executor is woken to take what arrived."""
+
+    class Entity:
+        pass
+
+    group, image, depth, woken = WhileModelIdle(), Entity(), Entity(), []
+    group.add_entity(image)
+    group.add_entity(depth)
+    with group.model_running(lambda: woken.append(True)):
+        assert not group.can_execute(image) and not group.beginning_execution(image)
+        assert not woken
+    assert woken == [True]
+    assert group.can_execute(image) and group.beginning_execution(image)
+    assert not group.can_execute(depth)  # one sensor callback at a time
+    group.ending_execution(image)
+    assert group.can_execute(depth)
 
 
 # The node over DDS.
