@@ -116,6 +116,18 @@ class NodeProcess:
         return self.process.returncode
 
 
+def exit_of(
+    command: list[str], env: dict[str, str], log_path: Path, timeout: float = 60.0
+) -> tuple[int, str]:
+    """Run a node expected to end by itself (a start that must fail): its exit code and output."""
+    node = NodeProcess(command, env, log_path)
+    try:
+        exit_code = node.wait(timeout=timeout)
+    finally:
+        node.stop()
+    return exit_code, node.output()
+
+
 @contextmanager
 def running_node(command: list[str], env: dict[str, str], log_path: Path) -> Iterator[NodeProcess]:
     """Start a node process for the duration of a with-block; it is always stopped afterwards."""

@@ -25,6 +25,7 @@ from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from ros_helpers import (  # noqa: F401 (ros_context, ros_environment are fixtures)
     NodeProcess,
     call_service,
+    exit_of,
     ros_context,
     ros_environment,
     spin_until,
@@ -233,13 +234,9 @@ def test_services(seem_node: NodeProcess, client: Client, coffee):
 
 def test_bad_parameter_stops_startup(ros_environment: dict[str, str], tmp_path: Path):  # noqa: F811
     command = [*_node_command(), "-p", "score_threshold:=1.5"]
-    node = NodeProcess(command, ros_environment, tmp_path / "seem_node.log")
-    try:
-        exit_code = node.wait(timeout=60.0)
-    finally:
-        node.stop()
-    assert exit_code == 2, node.output()
-    assert "bad parameter, not starting: parameter 'score_threshold'" in node.output()
+    exit_code, output = exit_of(command, ros_environment, tmp_path / "seem_node.log")
+    assert exit_code == 2, output
+    assert "bad parameter, not starting: parameter 'score_threshold'" in output
 
 
 def test_sigterm_stops_a_running_node_cleanly(

@@ -25,7 +25,7 @@ from node_client import NodeClient, node_command
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile
-from ros_helpers import NodeProcess, ros_context, ros_environment, spin_until  # noqa: F401 (fixtures)
+from ros_helpers import NodeProcess, exit_of, ros_context, ros_environment, spin_until  # noqa: F401 (fixtures)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Int16MultiArray, String
 
@@ -261,6 +261,18 @@ def speech_node(ros_environment: dict[str, str], tmp_path: Path) -> Iterator[Nod
     finally:
         exit_code = node.stop()
     assert exit_code == 0, f"seem_speech_node did not shut down cleanly ({exit_code}):\n{node.output()}"
+
+
+def test_speech_node_with_a_bad_parameter_exits_with_code_2(
+    ros_environment: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+):
+    """The node it had begun is destroyed before the error leaves its constructor (`destroyed_if_unfinished`),
+    and the console script says which parameter and exits 2."""
+    command = [sys.executable, "-m", "seem_ros.ros.speech_node", "--ros-args", "-p", "max_queued:=-5"]
+    exit_code, output = exit_of(command, ros_environment, tmp_path / "speech_node.log")
+    assert exit_code == 2, output
+    assert "bad parameter, not starting: parameter 'max_queued'" in output
 
 
 @needs_speech_synthesis

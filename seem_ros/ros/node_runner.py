@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import TypeVar
 
 import rclpy
@@ -95,6 +96,19 @@ def call_between_waits(node: Node, work: Callable[[], Result]) -> Result:
     if isinstance(executor, OrderlyMultiThreadedExecutor):
         return executor.call_between_waits(work)
     return work()
+
+
+@contextmanager
+def destroyed_if_unfinished(node: Node) -> Iterator[None]:
+    """Wraps the rest of a node's constructor: a node that fails to finish (a bad parameter, a model that
+    cannot be built) destroys what its base class already made before the error leaves, so that its rcl
+    handles go while rclpy still runs, not at the interpreter's exit after `rclpy.shutdown()`, where one such
+    exit ended with a segmentation fault instead of its exit code."""
+    try:
+        yield
+    except BaseException:
+        node.destroy_node()
+        raise
 
 
 def sensor_qos(depth: int) -> QoSProfile:

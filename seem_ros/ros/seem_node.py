@@ -89,7 +89,12 @@ from seem_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_status
 from seem_ros.ros.frames import PointTransformer
 from seem_ros.ros.inputs import COMMAND_QOS, CallbackGroups, CameraInputs, FrameSlots, WhileModelIdle
-from seem_ros.ros.node_runner import OrderlyMultiThreadedExecutor, call_between_waits, run_node
+from seem_ros.ros.node_runner import (
+    OrderlyMultiThreadedExecutor,
+    call_between_waits,
+    destroyed_if_unfinished,
+    run_node,
+)
 from seem_ros.ros.parameters import NodeSettings, declare_and_read
 from seem_ros.ros.publishing import CameraOutputs, GeometrySource
 
@@ -119,30 +124,35 @@ class SeemNode(LifecycleNode):
 
     def __init__(self, engine: SeemEngine | None = None, node_name: str = NODE_NAME) -> None:
         super().__init__(node_name)
-        self.settings: NodeSettings = declare_and_read(self)
-        self._given_engine = engine
-        self._engine: SeemEngine | None = None
-        self._cameras: dict[str, Camera] = {}
-        self._slots = FrameSlots()
-        self._active = False
-        self._last_step_start = 0.0
-        self._inference_lock = threading.Lock()
-        self._configure_error: Exception | None = None
-        self._node_prompt: Subscription | None = None
-        self._point_transformer = PointTransformer(self)
-        self._groups = CallbackGroups(WhileModelIdle(), *(MutuallyExclusiveCallbackGroup() for _ in range(4)))
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
-        self._frames_ready = self.create_guard_condition(
-            self._infer_waiting_frames, callback_group=self._groups.inference
-        )
-        self.create_timer(
-            self.settings.diagnostics_period, self._publish_diagnostics, callback_group=self._groups.timers
-        )
-        if self.settings.autostart:
-            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise self._configure_error or RuntimeError("configure failed")
-            self.trigger_activate()
+        with destroyed_if_unfinished(self):
+            self.settings: NodeSettings = declare_and_read(self)
+            self._given_engine = engine
+            self._engine: SeemEngine | None = None
+            self._cameras: dict[str, Camera] = {}
+            self._slots = FrameSlots()
+            self._active = False
+            self._last_step_start = 0.0
+            self._inference_lock = threading.Lock()
+            self._configure_error: Exception | None = None
+            self._node_prompt: Subscription | None = None
+            self._point_transformer = PointTransformer(self)
+            self._groups = CallbackGroups(
+                WhileModelIdle(), *(MutuallyExclusiveCallbackGroup() for _ in range(4))
+            )
+            self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+            self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
+            self._frames_ready = self.create_guard_condition(
+                self._infer_waiting_frames, callback_group=self._groups.inference
+            )
+            self.create_timer(
+                self.settings.diagnostics_period,
+                self._publish_diagnostics,
+                callback_group=self._groups.timers,
+            )
+            if self.settings.autostart:
+                if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                    raise self._configure_error or RuntimeError("configure failed")
+                self.trigger_activate()
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -45,7 +45,7 @@ from std_msgs.msg import Header, Int16MultiArray, String
 
 from seem_ros.engine.commands import SPOKEN_EXAMPLES, speech_prompt
 from seem_ros.msg import PromptFeedback
-from seem_ros.ros.node_runner import run_node, sensor_qos
+from seem_ros.ros.node_runner import destroyed_if_unfinished, run_node, sensor_qos
 from seem_ros.ros.parameters import ParameterError, ParameterSpec, declare_parameters
 from seem_ros.speech.transcriber import (
     SAMPLE_RATE,
@@ -212,32 +212,33 @@ class SpeechNode(Node):
 
     def __init__(self, transcriber: Transcriber | None = None, node_name: str = NODE_NAME) -> None:
         super().__init__(node_name)
-        self._worker: threading.Thread | None = None
-        self._microphone_stream = None
-        self.settings = declare_and_read(self)
-        self._transcriber = self.settings.transcriber() if transcriber is None else transcriber
-        self.get_logger().info(f"Whisper model: {self._transcriber.model_dir}")
-        self._jobs: queue.Queue[SpeechJob | None] = queue.Queue(maxsize=self.settings.max_queued)
-        self._audio_segmenter = self.settings.segmenter()
-        self._microphone_segmenter = self.settings.segmenter()
-        self._recognition_prompt = self.settings.initial_prompt or SPOKEN_EXAMPLES
-        self._started = self.get_clock().now()
-        self._speaker: threading.Thread | None = None
-        self._answers: queue.Queue[str | None] = queue.Queue(maxsize=8)
-        self._speaking = threading.Event()
+        with destroyed_if_unfinished(self):
+            self._worker: threading.Thread | None = None
+            self._speaker: threading.Thread | None = None
+            self._microphone_stream = None
+            self.settings = declare_and_read(self)
+            self._transcriber = self.settings.transcriber() if transcriber is None else transcriber
+            self.get_logger().info(f"Whisper model: {self._transcriber.model_dir}")
+            self._jobs: queue.Queue[SpeechJob | None] = queue.Queue(maxsize=self.settings.max_queued)
+            self._audio_segmenter = self.settings.segmenter()
+            self._microphone_segmenter = self.settings.segmenter()
+            self._recognition_prompt = self.settings.initial_prompt or SPOKEN_EXAMPLES
+            self._started = self.get_clock().now()
+            self._answers: queue.Queue[str | None] = queue.Queue(maxsize=8)
+            self._speaking = threading.Event()
 
-        self._prompt_pub = self.create_publisher(String, "prompt", COMMAND_QOS)
-        self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
-        self.create_subscription(PromptFeedback, "prompt_feedback", self._on_feedback, FEEDBACK_QOS)
-        self.create_subscription(Int16MultiArray, "audio", self._on_audio, AUDIO_QOS)
-        self.create_subscription(String, "speech_file", self._on_speech_file, COMMAND_QOS)
-        self._wav_timer = self.create_timer(0.2, self._on_wav_timer) if self.settings.wav_file else None
-        self._worker = threading.Thread(target=self._transcribe_jobs, name="whisper", daemon=True)
-        self._worker.start()
-        if self.settings.speak_feedback:
-            self._start_speaker()
-        if self.settings.microphone:
-            self._start_microphone()
+            self._prompt_pub = self.create_publisher(String, "prompt", COMMAND_QOS)
+            self._feedback_pub = self.create_publisher(PromptFeedback, "prompt_feedback", FEEDBACK_QOS)
+            self.create_subscription(PromptFeedback, "prompt_feedback", self._on_feedback, FEEDBACK_QOS)
+            self.create_subscription(Int16MultiArray, "audio", self._on_audio, AUDIO_QOS)
+            self.create_subscription(String, "speech_file", self._on_speech_file, COMMAND_QOS)
+            self._wav_timer = self.create_timer(0.2, self._on_wav_timer) if self.settings.wav_file else None
+            self._worker = threading.Thread(target=self._transcribe_jobs, name="whisper", daemon=True)
+            self._worker.start()
+            if self.settings.speak_feedback:
+                self._start_speaker()
+            if self.settings.microphone:
+                self._start_microphone()
 
     def destroy_node(self) -> None:
         if self._microphone_stream is not None:
