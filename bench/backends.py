@@ -9,6 +9,11 @@ only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seem_ros.engine.torch_backend import TorchAcceleration
+
 BACKENDS: dict[str, dict[str, str | bool]] = {
     "torch": {"backend": "torch", "precision": "fp32", "compile": False},
     "onnx": {"backend": "onnx", "precision": "fp32", "compile": False},
@@ -27,11 +32,9 @@ def engine_backend(name: str) -> str:
     return str(BACKENDS[name]["backend"])
 
 
-def precision(name: str) -> str:
-    """The PyTorch precision ("fp32" or "bf16") of the benchmark backend `name`."""
-    return str(BACKENDS[name]["precision"])
+def acceleration(name: str) -> TorchAcceleration:
+    """How the PyTorch model of the benchmark backend `name` runs (precision, torch.compile); the default
+    `TorchAcceleration()` for plain fp32 and for onnx, whose PyTorch model only exports."""
+    from seem_ros.engine.torch_backend import TorchAcceleration
 
-
-def compiles(name: str) -> bool:
-    """Whether the benchmark backend `name` runs its PyTorch model through torch.compile."""
-    return bool(BACKENDS[name]["compile"])
+    return TorchAcceleration(str(BACKENDS[name]["precision"]), compile=bool(BACKENDS[name]["compile"]))

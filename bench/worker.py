@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.backends import compiles, engine_backend, precision
+from bench.backends import acceleration, engine_backend
 from bench.timing import peak_rss_bytes, summarize
 from seem_ros.allocator import share_main_heap, suit_backend
 
@@ -167,11 +167,11 @@ class Bench:
         )
         self.image_encoder = None
         self.decoder_backend = None
-        if precision(job.backend) != "fp32" or compiles(job.backend):
-            from seem_ros.engine.torch_backend import TorchAcceleration, torch_backends
+        from seem_ros.engine.torch_backend import TorchAcceleration, torch_backends
 
-            acceleration = TorchAcceleration(precision(job.backend), compile=compiles(job.backend))
-            self.image_encoder, self.decoder_backend = torch_backends(self.model, acceleration)
+        accelerated = acceleration(job.backend)
+        if accelerated != TorchAcceleration():  # as a node's engine decides (`build_predictor`)
+            self.image_encoder, self.decoder_backend = torch_backends(self.model, accelerated)
         self.export_s = 0.0
         self.export_checks: list[dict] = []
 
