@@ -5,8 +5,9 @@
 
 For each preset (random weights) and batch size, a frame is what the node does per camera image: encode,
 decode the panoptic segmentation over the COCO vocabulary together with one tracked target (a click
-carried forward with SEEM's memory prompt), post-process to full-size masks. Batch B = B cameras: their
-frames are encoded in one batched image-encoder pass, then each camera's targets are decoded. Per variant:
+carried forward with SEEM's memory prompt), post-process to full-size masks. Batch B = B cameras, stepped as a
+node's engine steps them (`SeemPredictor.predict_frames`): their frames are encoded in one batched
+image-encoder pass and decoded in one batched decoder pass (each camera's own click and draws). Per variant:
 median and p90 of per-stage times (the device is synchronised before each clock read), frames per second
 over all cameras, peak GPU memory, the time the first frames took (compilation, or loading what an
 earlier run compiled: the JSON's `compiled_code` says whether its cache held any), and agreement with
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 
 from bench.timing import summarize
-from seem_ros.engine.predictor import Prediction, SeemPredictor
+from seem_ros.engine.predictor import FrameRequest, Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target
 from seem_ros.engine.segmenter import load_model
 from seem_ros.engine.torch_backend import (
@@ -57,7 +58,9 @@ VARIANTS = {
     "compiled": TorchAcceleration("bf16", compile=True),
     "graphs": TorchAcceleration("bf16", compile=True, cuda_graphs=True),
 }
-STAGES = ("preprocess", "image_encoder", "decoder", "postprocess")
+STAGES = ("preprocess", "image_encoder", "prompts", "decoder", "postprocess")
+SHARED_STAGES = ("preprocess", "image_encoder", "decoder")
+"""The stages a step runs once for all its cameras' frames (one pass each)."""
 FRAME_SIZE = (512, 683)
 AGREEMENT_PHOTOS = ("astronaut", "chelsea", "rocket")
 """scikit-image photos decoded after the benchmark frame to check agreement."""
@@ -151,19 +154,30 @@ def camera_frames(frame: np.ndarray, count: int, camera: int) -> list[np.ndarray
 
 
 def run_frames(predictor: SeemPredictor, cameras: list[Camera], frame_index: int) -> list[Prediction]:
-    """One step of every camera: batched encode, then each camera's decode and tracker update."""
-    encoded = predictor.encode_batch([camera.frames[frame_index] for camera in cameras])
-    batch_timings = encoded[0][1]  # the frames are of one size: one pass, one set of timings
-    predictions = []
-    for camera, (image, _) in zip(cameras, encoded, strict=True):
-        predictor.set_encoded(image)
-        planned = camera.tracker.plan(image.original_size)
-        prediction = predictor.predict(
-            [item.target for item in planned], [item.previous_logits for item in planned], generic=True
+    """One step of every camera as a node's engine takes it (`SeemPredictor.predict_frames`): the frames
+    encoded in one pass and decoded in one pass (each camera's tracked click batched with the others'),
+    then each camera's tracker updated. A pass's time is split evenly between its frames."""
+    frames = [camera.frames[frame_index] for camera in cameras]
+    plans = [camera.tracker.plan(frame.shape[:2]) for camera, frame in zip(cameras, frames, strict=True)]
+    requests = [
+        FrameRequest(
+            frame, [item.target for item in plan], [item.previous_logits for item in plan], generic=True
         )
-        camera.tracker.update(planned, prediction.targets)
-        prediction.timings.update({name: value / len(cameras) for name, value in batch_timings.items()})
-        predictions.append(prediction)
+        for frame, plan in zip(frames, plans, strict=True)
+    ]
+    predictions = []
+    for camera, plan, answer in zip(cameras, plans, predictor.predict_frames(requests), strict=True):
+        if isinstance(answer, Exception):
+            raise answer
+        camera.tracker.update(plan, answer.targets)
+        answer.timings.update(
+            {
+                stage: answer.timings[stage] / len(cameras)
+                for stage in SHARED_STAGES
+                if stage in answer.timings
+            }
+        )
+        predictions.append(answer)
     return predictions
 
 
@@ -324,7 +338,8 @@ def reference_agreement(
 
 def table(rows: list[dict]) -> str:
     header = (
-        f"{'preset':<11} {'B':>2} {'variant':<9} {'prep':>7} {'encoder':>8} {'decoder':>8} {'post':>7} "
+        f"{'preset':<11} {'B':>2} {'variant':<9} {'prep':>7} {'encoder':>8} {'prompts':>8} {'decoder':>8} "
+        f"{'post':>7} "
         f"{'frame':>8} {'fps':>7} {'GPU MiB':>8} {'warm-up':>8} {'IoU mean/min':>13} {'dlogit':>8} "
         f"{'feat err':>8}"
     )
@@ -340,7 +355,8 @@ def table(rows: list[dict]) -> str:
         memory = row.get("peak_gpu_memory_bytes")
         lines.append(
             f"{row['preset']:<11} {row['batch']:>2} {row['variant']:<9} {stage['preprocess']:>7.2f} "
-            f"{stage['image_encoder']:>8.2f} {stage['decoder']:>8.2f} {stage['postprocess']:>7.2f} "
+            f"{stage['image_encoder']:>8.2f} {stage['prompts']:>8.2f} {stage['decoder']:>8.2f} "
+            f"{stage['postprocess']:>7.2f} "
             f"{row['step']['median_s'] * 1e3 / row['batch']:>8.2f} {row['frames_per_second']:>7.1f} "
             f"{memory / 2**20 if memory else float('nan'):>8.0f} {row['warmup_s']:>8.1f} "
             f"{agreement_row.get('mask_iou_mean', float('nan')):>6.4f}/"

@@ -250,7 +250,8 @@ def _frame(predictor, rgb: np.ndarray) -> Callable[[], dict[str, float]]:
 def _decode_only(predictor, targets: list, previous: list | None = None) -> Callable[[], dict[str, float]]:
     def run() -> dict[str, float]:
         timings = predictor.predict(targets, previous_logits=previous).timings
-        return {"decoder": timings["decoder"], "postprocess": timings["postprocess"]}
+        # the prompts' tokens and draws with the decoder pass: what a target costs a frame
+        return {"decoder": timings["prompts"] + timings["decoder"], "postprocess": timings["postprocess"]}
 
     return run
 
@@ -350,7 +351,6 @@ class ForcedSegments:
 
     def __init__(self, decode, count: int, vocabulary_size: int, seed: int = 0) -> None:  # noqa: ANN001
         self.decode = decode
-        self.decodes_batches = getattr(decode, "decodes_batches", True)
         self.count = count
         self.vocabulary_size = vocabulary_size
         self.seed = seed
@@ -379,8 +379,9 @@ class ForcedSegments:
         masks = np.full((queries, height, width), -8.0, dtype=np.float32)
         masks[:count] = 4.0 - 16.0 * (distances - distances.min(0, keepdims=True))
         device = final.object_masks.device
-        final.object_logits = torch.from_numpy(logits)[None].to(device)
-        final.object_masks = torch.from_numpy(masks)[None].to(device)
+        batch = final.object_logits.shape[0]
+        final.object_logits = torch.from_numpy(logits)[None].expand(batch, -1, -1).to(device)
+        final.object_masks = torch.from_numpy(masks)[None].expand(batch, -1, -1, -1).to(device)
         return output
 
 

@@ -2,8 +2,9 @@
 
 Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
 the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
-encoder pass and frames without targets share the decoder pass, in both backends (PyTorch, and ONNX
-Runtime with the graphs' batch dimension); a bad frame fails alone.
+encoder pass and frames of one decoder layout share the decoder pass (without targets in both backends,
+PyTorch and ONNX Runtime with the graphs' batch dimension; with targets in PyTorch); a bad frame fails
+alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ class Recording:
     def __init__(self, inner: object) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", "recording")
-        self.decodes_batches = getattr(inner, "decodes_batches", False)
         self.batches: list[int] = []
 
     def supports(self, features: PixelFeatures, *args: object) -> bool:
@@ -144,6 +144,38 @@ def test_frames_of_one_size_share_the_encoder_and_generic_frames_the_decoder(
     engine.step([(front, streams["front"][0]), (rear, streams["rear"][0]), (wrist, streams["wrist"][0])])
     assert sorted(engine.predictor.image_encoder.batches) == [1, 2]  # the street size, and the coffee photo
     assert sorted(engine.predictor.decoder_backend.batches) == [1, 2]  # front + rear, then the prompted wrist
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("prompts", ["clicks", "texts"])
+def test_prompted_frames_of_one_layout_share_the_decoder(
+    make_engine, streams, backend: str, prompts: str
+) -> None:
+    """Two cameras with a target each: PyTorch decodes both frames in one pass (their prompt tokens padded
+    to the longer, their random draws their own), ONNX Runtime one by one (its prompted graphs take one
+    image); every answer equals the one the camera gets alone, tracked clicks (memory prompts) included."""
+    names = ("front", "rear")
+    shared = make_engine(backend)
+    together = {name: shared.open_session(name) for name in names}
+    alone = {name: make_engine(backend).open_session(name) for name in names}
+    for sessions in (together, alone):
+        if prompts == "clicks":
+            sessions["front"].add_click(100.0, 50.0, positive=True)
+            sessions["rear"].add_click(2.0, 60.0, positive=True)  # at the edge: a cut disk, fewer tokens
+        else:
+            sessions["front"].set_text_prompt("the car")
+            sessions["rear"].set_text_prompt("the person walking beside the road")
+    frames = 3
+    for index in range(frames):
+        results = shared.step([(together[name], streams[name][index]) for name in names])
+        for name, result in zip(names, results, strict=True):
+            _assert_same(result, alone[name].process(streams[name][index]))
+            batched_logits, alone_logits = _logits(together[name]), _logits(alone[name])
+            assert batched_logits.keys() == alone_logits.keys() and batched_logits
+            for track_id, logits in batched_logits.items():
+                torch.testing.assert_close(logits, alone_logits[track_id], atol=LOGIT_TOLERANCE, rtol=0)
+    expected = [2] * frames if backend == "torch" else [1] * (2 * frames)
+    assert shared.predictor.decoder_backend.batches == expected
 
 
 def test_a_bad_frame_fails_alone(make_engine, streams) -> None:

@@ -358,7 +358,7 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
         (2, "autocast"),
     }
     for row in measured:
-        assert set(row["stages"]) == {"preprocess", "image_encoder", "decoder", "postprocess"}
+        assert set(row["stages"]) == {"preprocess", "image_encoder", "prompts", "decoder", "postprocess"}
         assert row["frames_per_second"] > 0
         assert row["weights"] == ("fp32" if row["variant"] == "eager" else "bf16, stored reduced")
     for row in measured:

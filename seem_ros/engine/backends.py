@@ -34,8 +34,6 @@ class DecoderBackend(Protocol):
     """Something that runs `SEEM.decode` for some calls (what `SeemPredictor` calls instead of PyTorch)."""
 
     name: str
-    decodes_batches: bool
-    """Whether a call without prompts may decode several images at once (a batch of features)."""
 
     def supports(
         self,
@@ -44,7 +42,8 @@ class DecoderBackend(Protocol):
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
     ) -> bool:
-        """Whether `__call__` can run a call with these inputs (else the caller uses PyTorch)."""
+        """Whether `__call__` can run a call with these inputs, batch included (a batch it cannot take
+        the caller decodes one image at a time; a call it cannot take, in PyTorch)."""
         ...
 
     def __call__(

@@ -101,7 +101,6 @@ class OnnxDecoder:
     """
 
     name = "onnx"
-    decodes_batches = True
 
     def __init__(
         self,

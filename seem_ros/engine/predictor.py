@@ -50,11 +50,15 @@ from seem_ros.engine.vocabulary_cache import (
     Vocabulary,
     VocabularyCache,
 )
-from seem_ros.model.decoder import GroundingTokens
+from seem_ros.model.decoder import DecoderPrediction, GroundingTokens, QueryChoices
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.postprocess import panoptic_inference, resize_mask_logits
-from seem_ros.model.seem import SEEM
-from seem_ros.model.spatial_prompts import SpatialPromptTokens, concatenate_spatial_tokens
+from seem_ros.model.seem import SEEM, SpatialSelection
+from seem_ros.model.spatial_prompts import (
+    SpatialPromptTokens,
+    concatenate_spatial_tokens,
+    stack_spatial_tokens,
+)
 from seem_ros.model.tokenizer import ClipTokenizer
 from seem_ros.model.transfer import to_device
 
@@ -129,12 +133,6 @@ class FrameRequest:
     generic: bool = True
     vocabulary: Vocabulary | None = None
 
-    @property
-    def generic_only(self) -> bool:
-        """Decoded with the object queries alone (no prompt tokens, no random draws): such frames of one
-        padded size and vocabulary can share a batched decoder pass."""
-        return not self.targets
-
 
 @dataclass(frozen=True)
 class PanopticSettings:
@@ -149,6 +147,83 @@ class PanopticSettings:
             raise ValueError(f"object_mask_threshold must be in [0, 1), got {self.object_mask_threshold}")
         if not 0.0 < self.overlap_threshold <= 1.0:
             raise ValueError(f"overlap_threshold must be in (0, 1], got {self.overlap_threshold}")
+
+
+@dataclass
+class _DecoderCall:
+    """One frame's decoder pass as `SeemPredictor._decoder_call` prepared it, and what its answer is read
+    with: which targets are visual (spatial queries) and which text (grounding queries), their sentence
+    embeddings, and the time the preparation took (prompt rasterisation, sampling, text embedding)."""
+
+    encoded: EncodedImage
+    targets: Sequence[Target]
+    vocabulary: Vocabulary
+    class_embeddings: Tensor
+    visual_ids: list[int]
+    text_ids: list[int]
+    text_index: dict[int, int]
+    sentence_embeddings: Tensor | None
+    grounding: GroundingTokens | None
+    spatial_tokens: SpatialPromptTokens | None
+    previous: Tensor | None
+    query_choices: QueryChoices | None
+    prepare_seconds: float
+
+    @property
+    def layout(self) -> tuple:
+        """Calls of one layout can share a batched decoder pass: the same padded size and vocabulary,
+        the same query groups (grounding, spatial, memory) and number of visual prompts."""
+        num_prompts = 0 if self.spatial_tokens is None else self.spatial_tokens.num_prompts
+        return (
+            self.encoded.padded_size,
+            self.vocabulary,
+            self.grounding is not None,
+            num_prompts,
+            self.previous is not None,
+        )
+
+
+@dataclass
+class _DecoderInputs:
+    """The decoder inputs of calls of one layout, batched (one call's own inputs, unpadded, alone)."""
+
+    features: PixelFeatures
+    grounding: GroundingTokens | None
+    spatial_tokens: SpatialPromptTokens | None
+    previous: Tensor | None
+    query_choices: QueryChoices | None
+
+    @staticmethod
+    def of(calls: Sequence[_DecoderCall]) -> _DecoderInputs:
+        first = calls[0]
+        if len(calls) == 1:
+            return _DecoderInputs(
+                first.encoded.features,
+                first.grounding,
+                first.spatial_tokens,
+                first.previous,
+                first.query_choices,
+            )
+        features = [call.encoded.features for call in calls]
+        return _DecoderInputs(
+            features=PixelFeatures(
+                mask_features=torch.cat([feature.mask_features for feature in features]),
+                multi_scale_features=[
+                    torch.cat([feature.multi_scale_features[level] for feature in features])
+                    for level in range(len(first.encoded.features.multi_scale_features))
+                ],
+            ),
+            grounding=None
+            if first.grounding is None
+            else GroundingTokens.stack([c.grounding for c in calls]),
+            spatial_tokens=None
+            if first.spatial_tokens is None
+            else stack_spatial_tokens([call.spatial_tokens for call in calls]),
+            previous=None if first.previous is None else torch.cat([call.previous for call in calls]),
+            query_choices=None
+            if first.query_choices is None
+            else QueryChoices.stack([call.query_choices for call in calls]),
+        )
 
 
 class SeemPredictor:
@@ -398,32 +473,21 @@ class SeemPredictor:
         return tokens
 
     # ------------------------------------------------------------------ predict
-    @torch.inference_mode()
-    def predict(
+    def _decoder_call(
         self,
-        targets: Sequence[Target] = (),
-        previous_logits: Sequence[Tensor | None] | None = None,
-        generic: bool = False,
-        seed: int = 0,
-        vocabulary: Vocabulary | None = None,
-    ) -> Prediction:
-        """Answer every target (and optionally segment everything) on the current image in one pass.
-
-        previous_logits: per target, the mask logits of the previous frame or round ((H'/4, W'/4), as in
-            `TargetResult.mask_logits`) or None; visual targets with one get SEEM's memory prompt.
-        generic: also run panoptic segmentation over the vocabulary.
-        vocabulary: the classes of labels and panoptic segments; None = `self.vocabulary`.
-        """
-        encoded = self.encoded
-        vocabulary = vocabulary or self.vocabulary
-        class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
+        encoded: EncodedImage,
+        targets: Sequence[Target],
+        previous_logits: Sequence[Tensor | None] | None,
+        seed: int,
+        vocabulary: Vocabulary,
+    ) -> _DecoderCall:
+        """One frame's prompts as the decoder takes them: text tokens, visual prompt tokens, memory
+        prompts and the pass's random choices, drawn from a generator seeded with `seed`."""
         if previous_logits is not None and len(previous_logits) != len(targets):
             raise ValueError("previous_logits needs one entry (or None) per target")
+        start = time.perf_counter()
         previous_logits = list(previous_logits) if previous_logits is not None else [None] * len(targets)
         generator = torch.Generator().manual_seed(seed)
-        timings = dict(self._encode_timings)
-        start = time.perf_counter()
-
         visual_ids = [i for i, t in enumerate(targets) if t.visual or t.reference is not None]
         text_ids = [i for i, t in enumerate(targets) if t.text is not None and i not in visual_ids]
         texts = [t.text.text for t in targets if t.text is not None]
@@ -441,6 +505,7 @@ class SeemPredictor:
 
         spatial_tokens = None
         previous = None
+        query_choices = None
         if visual_ids:
             parts = []
             for i in visual_ids:
@@ -462,138 +527,185 @@ class SeemPredictor:
                     if previous_logits[i] is not None:
                         previous[0, slot] = previous_logits[i]
                 previous = to_device(previous, self.device)
-
-        query_choices = None
-        if spatial_tokens is not None:
             query_choices = self.model.decoder.draw_query_choices(
                 spatial_tokens.num_prompts, previous is not None, generator
             )
-        decode = self.model.decode
-        if self.decoder_backend is not None and self.decoder_backend.supports(
-            encoded.features, grounding, spatial_tokens, previous
-        ):
-            decode = self.decoder_backend
-        with self._autocast():
-            output = decode(
-                encoded.features,
-                class_embeddings,
-                grounding=grounding,
-                spatial_tokens=spatial_tokens,
-                previous_masks=previous,
-                query_choices=query_choices,
-            )
-        self._synchronize()
-        timings["decoder"] = time.perf_counter() - start
-        start = time.perf_counter()
-        final = output.final
-        chosen: dict[int, tuple[Tensor, Tensor]] = {}
-        if visual_ids:
-            selection = self.model.select_spatial_masks(output)
-            per_prompt = self.model.decoder.queries_per_prompt
-            for slot, i in enumerate(visual_ids):
-                query = int(selection.query_index[0, slot])
-                if targets[i].text is not None and targets[i].reference is None:
-                    candidates = slice(slot * per_prompt, (slot + 1) * per_prompt)
-                    visual_score = selection.logits[0, candidates, slot].float().softmax(0)
-                    text_score = self.model.language_encoder.grounding_similarity(
-                        final.spatial_class_embeddings[0, candidates].float(),
-                        sentence_embeddings[text_index[i] : text_index[i] + 1].float(),
-                    )[:, 0].softmax(0)
-                    query = slot * per_prompt + int((visual_score + text_score).argmax())
-                chosen[i] = (final.spatial_masks[0, query], final.spatial_class_embeddings[0, query])
-        if text_ids:
-            similarity = self.model.language_encoder.grounding_similarity(
-                final.grounding_class_embeddings[0].float(),
-                sentence_embeddings[[text_index[i] for i in text_ids]].float(),
-            )
-            for column, i in enumerate(text_ids):
-                query = int(similarity[:, column].argmax())
-                chosen[i] = (final.grounding_masks[0, query], final.grounding_class_embeddings[0, query])
+        return _DecoderCall(
+            encoded=encoded,
+            targets=targets,
+            vocabulary=vocabulary,
+            class_embeddings=self.vocabulary_cache.embeddings(vocabulary),
+            visual_ids=visual_ids,
+            text_ids=text_ids,
+            text_index=text_index,
+            sentence_embeddings=sentence_embeddings,
+            grounding=grounding,
+            spatial_tokens=spatial_tokens,
+            previous=previous,
+            query_choices=query_choices,
+            prepare_seconds=time.perf_counter() - start,
+        )
 
-        results = [
-            self._target_result(encoded, vocabulary, class_embeddings, targets[i], *chosen[i])
-            for i in range(len(targets))
-        ]
-        generic_result = None
-        if generic:
-            generic_result = self._generic(
-                encoded, vocabulary, final.object_logits[0].float(), final.object_masks[0].float()
-            )
-        timings["postprocess"] = time.perf_counter() - start
-        return Prediction(results, generic_result, timings)
+    @torch.inference_mode()
+    def predict(
+        self,
+        targets: Sequence[Target] = (),
+        previous_logits: Sequence[Tensor | None] | None = None,
+        generic: bool = False,
+        seed: int = 0,
+        vocabulary: Vocabulary | None = None,
+    ) -> Prediction:
+        """Answer every target (and optionally segment everything) on the current image in one pass.
+
+        previous_logits: per target, the mask logits of the previous frame or round ((H'/4, W'/4), as in
+            `TargetResult.mask_logits`) or None; visual targets with one get SEEM's memory prompt.
+        generic: also run panoptic segmentation over the vocabulary.
+        vocabulary: the classes of labels and panoptic segments; None = `self.vocabulary`.
+        """
+        call = self._decoder_call(self.encoded, targets, previous_logits, seed, vocabulary or self.vocabulary)
+        answer = self._predict_calls([call], [generic], [self._encode_timings])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
     @torch.inference_mode()
     def predict_frames(self, requests: Sequence[FrameRequest]) -> list[Prediction | Exception]:
         """Answer several streams' frames, in order; a frame that fails gets its exception, the others
         their predictions.
 
-        Frames are encoded together where their padded model inputs agree in size (`encode_batch`);
-        frames that need only the object queries (`FrameRequest.generic_only`), of one padded size and
-        vocabulary, share one batched decoder pass where the decoder backend takes a batch. Prompted
-        frames are decoded one by one: their prompt-token counts and random draws are their own. Each
-        frame's answer equals the one it would get alone (the same work, batched).
+        Frames are encoded together where their padded model inputs agree in size (`encode_batch`), and
+        decoded together where their decoder passes agree in layout (`_DecoderCall.layout`: padded size,
+        vocabulary, the query groups, the number of visual prompts) and the decoder backend takes the
+        batch (`DecoderBackend.supports`; else one by one). Each frame keeps its own prompt tokens
+        (padded to the batch's longest, which changes no answer) and random draws, so its answer equals
+        the one it would get alone (the same work, batched). A shared pass's time is reported with each of
+        its frames ("image_encoder" or "backbone" and "pixel_decoder", "decoder"); "prompts" (the frame's
+        prompt tokens and random draws) and "postprocess" are the frame's own.
         """
         answers: list[Prediction | Exception | None] = [None] * len(requests)
         try:
             encoded = self.encode_batch([request.image for request in requests])
         except Exception as error:  # the batch shares one pass: every frame of it failed
             return [error] * len(requests)
-        groups: dict[tuple[tuple[int, int], Vocabulary], list[int]] = {}
+        calls: dict[int, _DecoderCall] = {}
         for index, request in enumerate(requests):
-            if request.generic_only and request.generic:
-                vocabulary = request.vocabulary or self.vocabulary
-                groups.setdefault((encoded[index][0].padded_size, vocabulary), []).append(index)
-        for members in groups.values():
-            if len(members) > 1 and (self.decoder_backend is None or self.decoder_backend.decodes_batches):
-                try:
-                    batch = self._predict_generic_batch(
-                        [encoded[index] for index in members], requests[members[0]]
-                    )
-                except Exception as error:
-                    batch = [error] * len(members)
-                for index, answer in zip(members, batch, strict=True):
-                    answers[index] = answer
-        for index, request in enumerate(requests):
-            if answers[index] is not None:
-                continue
             try:
-                self.set_encoded(*encoded[index])
-                answers[index] = self.predict(
-                    request.targets, request.previous_logits, request.generic, vocabulary=request.vocabulary
+                calls[index] = self._decoder_call(
+                    encoded[index][0],
+                    request.targets,
+                    request.previous_logits,
+                    0,
+                    request.vocabulary or self.vocabulary,
                 )
             except Exception as error:
                 answers[index] = error
+        groups: dict[tuple, list[int]] = {}
+        for index, call in calls.items():
+            groups.setdefault(call.layout, []).append(index)
+        for members in groups.values():
+            batch = self._predict_calls(
+                [calls[index] for index in members],
+                [requests[index].generic for index in members],
+                [encoded[index][1] for index in members],
+            )
+            for index, answer in zip(members, batch, strict=True):
+                answers[index] = answer
         return [answer for answer in answers if answer is not None]
 
-    def _predict_generic_batch(
-        self, members: Sequence[tuple[EncodedImage, dict[str, float]]], request: FrameRequest
-    ) -> list[Prediction]:
-        """Panoptic segmentation of several frames of one padded size in one decoder pass."""
-        vocabulary = request.vocabulary or self.vocabulary
-        class_embeddings = self.vocabulary_cache.embeddings(vocabulary)
-        features = PixelFeatures(
-            mask_features=torch.cat([encoded.features.mask_features for encoded, _ in members]),
-            multi_scale_features=[
-                torch.cat([encoded.features.multi_scale_features[level] for encoded, _ in members])
-                for level in range(len(members[0][0].features.multi_scale_features))
-            ],
+    def _predict_calls(
+        self, calls: Sequence[_DecoderCall], generics: Sequence[bool], timings: Sequence[dict[str, float]]
+    ) -> list[Prediction | Exception]:
+        """Decode calls of one layout in one pass where the decoder backend takes them together (else one
+        by one), then read each frame's answer; a failed pass fails its frames, a failed answer its own."""
+        inputs = _DecoderInputs.of(calls)
+        backend = self.decoder_backend
+        supported = backend is None or backend.supports(
+            inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous
         )
+        if len(calls) > 1 and not supported:
+            return [
+                answer
+                for call, generic, timing in zip(calls, generics, timings, strict=True)
+                for answer in self._predict_calls([call], [generic], [timing])
+            ]
+        decode = backend if backend is not None and supported else self.model.decode
         start = time.perf_counter()
-        decode = self.decoder_backend if self.decoder_backend is not None else self.model.decode
-        with self._autocast():
-            output = decode(features, class_embeddings)
-        self._synchronize()
+        try:
+            with self._autocast():
+                output = decode(
+                    inputs.features,
+                    calls[0].class_embeddings,
+                    grounding=inputs.grounding,
+                    spatial_tokens=inputs.spatial_tokens,
+                    previous_masks=inputs.previous,
+                    query_choices=inputs.query_choices,
+                )
+            self._synchronize()
+        except Exception as error:  # the calls share one pass: every frame of it failed
+            return [error] * len(calls)
         decoder_seconds = time.perf_counter() - start
-        final = output.final
-        predictions = []
-        for row, (encoded, timings) in enumerate(members):
+        selection = self.model.select_spatial_masks(output) if inputs.spatial_tokens is not None else None
+        answers: list[Prediction | Exception] = []
+        for row, (call, generic, timing) in enumerate(zip(calls, generics, timings, strict=True)):
             start = time.perf_counter()
-            generic = self._generic(
-                encoded, vocabulary, final.object_logits[row].float(), final.object_masks[row].float()
+            try:
+                targets, generic_result = self._answer(call, output.final, selection, row, generic)
+            except Exception as error:
+                answers.append(error)
+                continue
+            stages = {
+                **timing,
+                "prompts": call.prepare_seconds,
+                "decoder": decoder_seconds,
+                "postprocess": time.perf_counter() - start,
+            }
+            answers.append(Prediction(targets, generic_result, stages))
+        return answers
+
+    def _answer(
+        self,
+        call: _DecoderCall,
+        final: DecoderPrediction,
+        selection: SpatialSelection | None,
+        row: int,
+        generic: bool,
+    ) -> tuple[list[TargetResult], GenericResult | None]:
+        """One frame's answer (row `row` of its decoder pass): each target's chosen query read out, and
+        the panoptic segmentation when `generic`."""
+        encoded, targets = call.encoded, call.targets
+        chosen: dict[int, tuple[Tensor, Tensor]] = {}
+        if call.visual_ids:
+            per_prompt = self.model.decoder.queries_per_prompt
+            for slot, i in enumerate(call.visual_ids):
+                query = int(selection.query_index[row, slot])
+                if targets[i].text is not None and targets[i].reference is None:
+                    candidates = slice(slot * per_prompt, (slot + 1) * per_prompt)
+                    visual_score = selection.logits[row, candidates, slot].float().softmax(0)
+                    sentence = call.text_index[i]
+                    text_score = self.model.language_encoder.grounding_similarity(
+                        final.spatial_class_embeddings[row, candidates].float(),
+                        call.sentence_embeddings[sentence : sentence + 1].float(),
+                    )[:, 0].softmax(0)
+                    query = slot * per_prompt + int((visual_score + text_score).argmax())
+                chosen[i] = (final.spatial_masks[row, query], final.spatial_class_embeddings[row, query])
+        if call.text_ids:
+            similarity = self.model.language_encoder.grounding_similarity(
+                final.grounding_class_embeddings[row].float(),
+                call.sentence_embeddings[[call.text_index[i] for i in call.text_ids]].float(),
             )
-            stages = {**timings, "decoder": decoder_seconds, "postprocess": time.perf_counter() - start}
-            predictions.append(Prediction([], generic, stages))
-        return predictions
+            for column, i in enumerate(call.text_ids):
+                query = int(similarity[:, column].argmax())
+                chosen[i] = (final.grounding_masks[row, query], final.grounding_class_embeddings[row, query])
+        results = [
+            self._target_result(encoded, call.vocabulary, call.class_embeddings, targets[i], *chosen[i])
+            for i in range(len(targets))
+        ]
+        generic_result = None
+        if generic:
+            generic_result = self._generic(
+                encoded, call.vocabulary, final.object_logits[row].float(), final.object_masks[row].float()
+            )
+        return results, generic_result
 
     def _target_result(
         self,

@@ -50,7 +50,8 @@ class FrameResult:
     """Everything computed for one image.
 
     panoptic: (H, W) int32 segment ids, 0 = void. semantic: (H, W) uint16 class ids, SEMANTIC_VOID = none.
-    timings: seconds per stage ("preprocess", "backbone", "pixel_decoder", "decoder", "postprocess").
+    timings: seconds per stage ("preprocess", "backbone" and "pixel_decoder" or "image_encoder", "prompts",
+        "decoder", "postprocess"; see `SeemPredictor.predict_frames`).
     """
 
     instances: list[InstanceResult]

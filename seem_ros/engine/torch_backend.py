@@ -263,8 +263,6 @@ def _owned_fp32(tensor: Tensor, copy: bool, keep_layout: bool = False) -> Tensor
 class TorchDecoder:
     """`SEEM.decode` in PyTorch (`DecoderBackend`); it supports every call."""
 
-    decodes_batches = True
-
     def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
         self.acceleration = acceleration or TorchAcceleration()
         self.model = model

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 class GroundingTokens:
     """Text tokens that grounding queries attend.
 
-    tokens: (L, 1, D) projected token embeddings of all sentences (SOT..EOT), concatenated.
-    padding: (1, L) bool, True = padding.
+    tokens: (L, B, D) projected token embeddings of all sentences (SOT..EOT) of each image, concatenated.
+    padding: (B, L) bool, True = padding.
     """
 
     tokens: Tensor
@@ -53,6 +53,15 @@ class GroundingTokens:
             raise ValueError(f"{self.tokens.shape[0]} grounding tokens are more than {length}")
         return GroundingTokens(
             F.pad(self.tokens, (0, 0, 0, 0, 0, extra)), F.pad(self.padding, (0, extra), value=True)
+        )
+
+    @staticmethod
+    def stack(parts: Sequence[GroundingTokens]) -> GroundingTokens:
+        """The tokens of several images (one each) as one batch, each padded to the longest."""
+        length = max(part.tokens.shape[0] for part in parts)
+        padded = [part.padded_to(length) for part in parts]
+        return GroundingTokens(
+            torch.cat([part.tokens for part in padded], dim=1), torch.cat([part.padding for part in padded])
         )
 
 
@@ -81,9 +90,10 @@ class DecoderPrediction:
 class QueryChoices:
     """The random choices of a pass with visual prompts (`SEEMDecoder.draw_query_choices`).
 
-    spatial_query_index: (queries_per_prompt * n,) long, the object query copied into each spatial query.
-    memory_slot_prompt_index: (num_layers, M) long, the prompt each memory slot serves in each layer;
-        None for a pass without memory prompts.
+    spatial_query_index: (queries_per_prompt * n,) long, the object query copied into each spatial query
+        (of every image), or (B, queries_per_prompt * n), each image's own (`stack`).
+    memory_slot_prompt_index: (num_layers, M) long, the prompt each memory slot serves in each layer, or
+        (num_layers, B, M) per image; None for a pass without memory prompts.
     """
 
     spatial_query_index: Tensor
@@ -94,6 +104,18 @@ class QueryChoices:
         if self.memory_slot_prompt_index is None:
             raise ValueError("a pass with previous_masks needs query choices with memory slots")
         return self.memory_slot_prompt_index
+
+    @staticmethod
+    def stack(choices: Sequence[QueryChoices]) -> QueryChoices:
+        """The choices of several images' passes (one image each, the same number of prompts) as the
+        choices of one batched pass."""
+        slots = [choice.memory_slot_prompt_index for choice in choices]
+        if any(slot is None for slot in slots) and any(slot is not None for slot in slots):
+            raise ValueError("a batched pass has memory slots for every image or for none")
+        return QueryChoices(
+            torch.stack([choice.spatial_query_index for choice in choices]),
+            None if slots[0] is None else torch.stack(slots, dim=1),
+        )
 
     def to(self, device: torch.device) -> QueryChoices:
         """The same choices on `device` (page-locked, non-blocking uploads to a GPU)."""
@@ -144,6 +166,15 @@ def attention_mask_samples(mask_features: Tensor, size: tuple[int, int], factor:
     blocks = mask_features.reshape(batch, dim, height, factor, width, factor)
     middle = slice(factor // 2 - 1, factor // 2 + 1)
     return blocks[:, :, :, middle, :, middle].reshape(batch, dim, 2 * height, 2 * width)
+
+
+def _chosen_queries(queries: Tensor, index: Tensor) -> Tensor:
+    """queries: (Q, B, D); index: (n,) the same queries for every image, or (B, n) each image's own.
+    Returns (n, B, D)."""
+    if index.dim() == 1:
+        return queries[index]
+    images = torch.arange(queries.shape[1], device=queries.device)
+    return queries[index.transpose(0, 1), images]
 
 
 def mask_logits(mask_embeddings: Tensor, mask_features: Tensor) -> Tensor:
@@ -293,10 +324,11 @@ class SEEMDecoder(nn.Module):
 
         multi_scale_features: (B, D, h_i, w_i) at strides 32, 16, 8. mask_features: (B, D, H'/4, W'/4).
         class_text_embeddings: (K+1, D) L2-normalised vocabulary embeddings, background last.
-        grounding: text tokens for grounding queries (B = 1).
-        spatial_masks: (positive, negative) (n, H', W') bool prompt masks of this image, or
-        spatial_tokens: prompt tokens computed beforehand (e.g. from a referring image). B = 1.
-        previous_masks: (1, n, H'/4, W'/4) mask logits of the previous round or frame per visual
+        grounding: text tokens for grounding queries, each image's (`GroundingTokens.stack`).
+        spatial_masks: (positive, negative) (n, H', W') bool prompt masks of one image (B = 1), or
+        spatial_tokens: prompt tokens computed beforehand (e.g. from a referring image), the same n
+            prompts of every image or each image's own (`stack_spatial_tokens`, with `QueryChoices.stack`).
+        previous_masks: (B, n, H'/4, W'/4) mask logits of the previous round or frame per visual
             prompt; switches the memory prompts on.
         generator: the random source for query and point sampling (see spatial_prompts).
         query_choices: the random choices of `draw_query_choices`, drawn beforehand (by an engine that
@@ -340,8 +372,8 @@ class SEEMDecoder(nn.Module):
             spatial_query_index = query_choices.spatial_query_index.to(object_content.device)
             if previous_masks is not None:
                 slot_prompts = list(query_choices.memory_slots().to(object_content.device))
-            sequence.content["spatial"] = object_content[spatial_query_index]
-            sequence.position["spatial"] = object_position[spatial_query_index]
+            sequence.content["spatial"] = _chosen_queries(object_content, spatial_query_index)
+            sequence.position["spatial"] = _chosen_queries(object_position, spatial_query_index)
             if previous_masks is not None:
                 sequence.content["memory"] = self.spatial_featured.weight[:, None].repeat(1, batch, 1)
                 sequence.position["memory"] = self.spatial_embed.weight[:, None].repeat(1, batch, 1)
@@ -502,9 +534,14 @@ class SEEMDecoder(nn.Module):
         """Memory slots may attend only inside their prompt's previous mask at this level."""
         resized = F.interpolate(previous_masks, size=size, mode="bilinear", align_corners=False)
         memory_blocked = resized.sigmoid().flatten(2) < 0.5
+        if slot_prompt.dim() == 1:
+            slot_rows = memory_blocked[:, slot_prompt]
+        else:
+            images = torch.arange(memory_blocked.shape[0], device=memory_blocked.device)
+            slot_rows = memory_blocked[images[:, None], slot_prompt]
         blocked = blocked.clone()
         memory_start = sum(cross_lengths[:-1])
-        blocked[:, memory_start : memory_start + cross_lengths[-1]] = memory_blocked[:, slot_prompt]
+        blocked[:, memory_start : memory_start + cross_lengths[-1]] = slot_rows
         return blocked
 
     def _self_attention_blocked(
@@ -549,6 +586,7 @@ class SEEMDecoder(nn.Module):
             blocked[:, tokens, tokens] = token_prompt != token_prompt.transpose(1, 2)
             if slot_prompt is not None:
                 memory = spans["memory"]
-                blocked[:, queries, memory] = query_prompt[None, :, None] != slot_prompt[None, None, :]
-                blocked[:, memory, memory] = slot_prompt[None, :, None] != slot_prompt[None, None, :]
+                slots = slot_prompt if slot_prompt.dim() == 2 else slot_prompt[None]  # (B or 1, M)
+                blocked[:, queries, memory] = query_prompt[None, :, None] != slots[:, None, :]
+                blocked[:, memory, memory] = slots[:, :, None] != slots[:, None, :]
         return blocked

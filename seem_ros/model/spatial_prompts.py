@@ -30,12 +30,13 @@ from seem_ros.model.transfer import to_device
 
 @dataclass
 class SpatialPromptTokens:
-    """Everything the decoder needs from the visual prompts of one image (batch size 1).
+    """Everything the decoder needs from the visual prompts of B images (B = 1 as encoded; more images'
+    as one batch with `stack_spatial_tokens`), n prompts each.
 
-    mean_positive, mean_negative: (n, 1, D) mean features per prompt (-1 where a prompt has no point).
-    level_tokens: per decoder level, (N_i, 1, D) point tokens (pn_indicator added).
-    level_padding: per level, (1, N_i) bool, True = padding token.
-    level_prompt_index: per level, (1, N_i, 1) float prompt index of each token (-1 for padding).
+    mean_positive, mean_negative: (n, B, D) mean features per prompt (-1 where a prompt has no point).
+    level_tokens: per decoder level, (N_i, B, D) point tokens (pn_indicator added).
+    level_padding: per level, (B, N_i) bool, True = padding token.
+    level_prompt_index: per level, (B, N_i, 1) float prompt index of each token (-1 for padding).
     """
 
     mean_positive: Tensor
@@ -268,4 +269,29 @@ def concatenate_spatial_tokens(parts: list[SpatialPromptTokens]) -> SpatialPromp
         level_tokens=tokens,
         level_padding=paddings,
         level_prompt_index=indices,
+    )
+
+
+def stack_spatial_tokens(parts: Sequence[SpatialPromptTokens]) -> SpatialPromptTokens:
+    """The prompts of several images (one image each, the same number of prompts) as one batch, each
+    level padded to its longest (padding changes no image's answer, see `padded_to`)."""
+    if len({part.num_prompts for part in parts}) != 1:
+        raise ValueError("images decoded in one batch need the same number of visual prompts")
+    lengths = [
+        max(part.level_tokens[level].shape[0] for part in parts)
+        for level in range(len(parts[0].level_tokens))
+    ]
+    padded = [part.padded_to(lengths) for part in parts]
+    return SpatialPromptTokens(
+        mean_positive=torch.cat([part.mean_positive for part in padded], dim=1),
+        mean_negative=torch.cat([part.mean_negative for part in padded], dim=1),
+        level_tokens=[
+            torch.cat([part.level_tokens[level] for part in padded], dim=1) for level in range(len(lengths))
+        ],
+        level_padding=[
+            torch.cat([part.level_padding[level] for part in padded]) for level in range(len(lengths))
+        ],
+        level_prompt_index=[
+            torch.cat([part.level_prompt_index[level] for part in padded]) for level in range(len(lengths))
+        ],
     )
