@@ -2,9 +2,9 @@
 
 Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
 the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
-encoder pass and frames of one decoder layout share the decoder pass (without targets in both backends,
-PyTorch and ONNX Runtime with the graphs' batch dimension; with targets in PyTorch); a bad frame fails
-alone.
+encoder pass and frames of one decoder layout share the decoder pass where the decoder takes batches
+(ONNX Runtime's graphs without targets; PyTorch on a GPU, tested here with that policy on the CPU); a
+bad frame fails alone.
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ LOGIT_TOLERANCE = 1e-4
 
 
 class Recording:
-    """Wraps an image-encoder or decoder backend and records the batch size of every call."""
+    """Wraps an image-encoder or decoder backend and records the batch size of every call.
 
-    def __init__(self, inner: object) -> None:
+    batches_everywhere: a PyTorch decoder takes batches on the CPU too, as it does on a GPU
+    (`pytorch_decodes_batches`), so the CPU tests the batched passes a GPU runs."""
+
+    def __init__(self, inner: object, batches_everywhere: bool = False) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", "recording")
+        self.batches_everywhere = batches_everywhere and isinstance(inner, TorchDecoder)
         self.batches: list[int] = []
 
     def supports(self, features: PixelFeatures, *args: object) -> bool:
-        return self.inner.supports(features, *args)
+        return self.batches_everywhere or self.inner.supports(features, *args)
 
     def __call__(self, images_or_features: torch.Tensor | PixelFeatures, *args: object, **kwargs: object):
         tensor = getattr(images_or_features, "mask_features", images_or_features)
@@ -50,9 +54,13 @@ class Recording:
 
 @pytest.fixture
 def make_engine(reference_dir: Path):
-    """Engines over the tiny reference checkpoint; their backends record the batches they run."""
+    """Engines over the tiny reference checkpoint; their backends record the batches they run. Backend
+    "torch_gpu_batching": PyTorch decoding batches as on a GPU."""
 
     def make(backend: str = "torch") -> SeemEngine:
+        gpu_batching = backend == "torch_gpu_batching"
+        if gpu_batching:
+            backend = "torch"
         config = SegmenterConfig(
             preset="focalt_tiny",
             checkpoint=str(reference_dir / "tiny_focalt_v1.safetensors"),
@@ -69,7 +77,7 @@ def make_engine(reference_dir: Path):
         predictor = engine.predictor
         model = predictor.model
         predictor.image_encoder = Recording(predictor.image_encoder or TorchImageEncoder(model))
-        predictor.decoder_backend = Recording(predictor.decoder_backend or TorchDecoder(model))
+        predictor.decoder_backend = Recording(predictor.decoder_backend or TorchDecoder(model), gpu_batching)
         return engine
 
     return make
@@ -134,26 +142,30 @@ def test_streams_stepped_together_equal_streams_alone(make_engine, streams, back
     assert wrist_labels <= {"cup", "saucer", "table"}
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize(
+    ("backend", "decoder_batches"), [("torch", [1, 1, 1]), ("torch_gpu_batching", [1, 2]), ("onnx", [1, 2])]
+)
 def test_frames_of_one_size_share_the_encoder_and_generic_frames_the_decoder(
-    make_engine, streams, backend: str
+    make_engine, streams, backend: str, decoder_batches: list[int]
 ) -> None:
     engine = make_engine(backend)
     front, rear, wrist = (engine.open_session(name) for name in ("front", "rear", "wrist"))
     wrist.set_text_prompt("the cup")
     engine.step([(front, streams["front"][0]), (rear, streams["rear"][0]), (wrist, streams["wrist"][0])])
     assert sorted(engine.predictor.image_encoder.batches) == [1, 2]  # the street size, and the coffee photo
-    assert sorted(engine.predictor.decoder_backend.batches) == [1, 2]  # front + rear, then the prompted wrist
+    # front + rear together where the decoder takes batches (not PyTorch on the CPU), the prompted wrist
+    assert sorted(engine.predictor.decoder_backend.batches) == decoder_batches
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnx"])
+@pytest.mark.parametrize("backend", ["torch_gpu_batching", "torch", "onnx"])
 @pytest.mark.parametrize("prompts", ["clicks", "texts"])
 def test_prompted_frames_of_one_layout_share_the_decoder(
     make_engine, streams, backend: str, prompts: str
 ) -> None:
-    """Two cameras with a target each: PyTorch decodes both frames in one pass (their prompt tokens padded
-    to the longer, their random draws their own), ONNX Runtime one by one (its prompted graphs take one
-    image); every answer equals the one the camera gets alone, tracked clicks (memory prompts) included."""
+    """Two cameras with a target each: PyTorch batching as on a GPU decodes both frames in one pass (their
+    prompt tokens padded to the longer, their random draws their own), PyTorch on the CPU and ONNX Runtime
+    (its prompted graphs take one image) one by one; every answer equals the one the camera gets alone,
+    tracked clicks (memory prompts) included."""
     names = ("front", "rear")
     shared = make_engine(backend)
     together = {name: shared.open_session(name) for name in names}
@@ -174,7 +186,7 @@ def test_prompted_frames_of_one_layout_share_the_decoder(
             assert batched_logits.keys() == alone_logits.keys() and batched_logits
             for track_id, logits in batched_logits.items():
                 torch.testing.assert_close(logits, alone_logits[track_id], atol=LOGIT_TOLERANCE, rtol=0)
-    expected = [2] * frames if backend == "torch" else [1] * (2 * frames)
+    expected = [2] * frames if backend == "torch_gpu_batching" else [1] * (2 * frames)
     assert shared.predictor.decoder_backend.batches == expected
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend
+from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend, pytorch_decodes_batches
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
@@ -575,8 +575,9 @@ class SeemPredictor:
 
         Frames are encoded together where their padded model inputs agree in size (`encode_batch`), and
         decoded together where their decoder passes agree in layout (`_DecoderCall.layout`: padded size,
-        vocabulary, the query groups, the number of visual prompts) and the decoder backend takes the
-        batch (`DecoderBackend.supports`; else one by one). Each frame keeps its own prompt tokens
+        vocabulary, the query groups, the number of visual prompts) and the decoder takes the batch
+        (`DecoderBackend.supports`; PyTorch on a GPU, not on the CPU: `pytorch_decodes_batches`; else one
+        by one). Each frame keeps its own prompt tokens
         (padded to the batch's longest, which changes no answer) and random draws, so its answer equals
         the one it would get alone (the same work, batched). A shared pass's time is reported with each of
         its frames ("image_encoder" or "backbone" and "pixel_decoder", "decoder"); "prompts" (the frame's
@@ -619,16 +620,20 @@ class SeemPredictor:
         by one), then read each frame's answer; a failed pass fails its frames, a failed answer its own."""
         inputs = _DecoderInputs.of(calls)
         backend = self.decoder_backend
-        supported = backend is None or backend.supports(
-            inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous
-        )
-        if len(calls) > 1 and not supported:
+        if backend is not None:
+            together = backend.supports(
+                inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous
+            )
+            decode = backend if together else self.model.decode
+        else:
+            together = len(calls) == 1 or pytorch_decodes_batches(self.device)
+            decode = self.model.decode
+        if len(calls) > 1 and not together:
             return [
                 answer
                 for call, generic, timing in zip(calls, generics, timings, strict=True)
                 for answer in self._predict_calls([call], [generic], [timing])
             ]
-        decode = backend if backend is not None and supported else self.model.decode
         start = time.perf_counter()
         try:
             with self._autocast():

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.cache import default_cache_dir
-from seem_ros.engine.backends import required_query_choices
+from seem_ros.engine.backends import pytorch_decodes_batches, required_query_choices
 from seem_ros.engine.weights import MappedPages
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
 from seem_ros.model.features import PixelFeatures
@@ -261,7 +261,7 @@ def _owned_fp32(tensor: Tensor, copy: bool, keep_layout: bool = False) -> Tensor
 
 
 class TorchDecoder:
-    """`SEEM.decode` in PyTorch (`DecoderBackend`); it supports every call."""
+    """`SEEM.decode` in PyTorch (`DecoderBackend`): every call of one image, batches on a GPU."""
 
     def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
         self.acceleration = acceleration or TorchAcceleration()
@@ -276,7 +276,9 @@ class TorchDecoder:
         spatial_tokens: SpatialPromptTokens | None = None,
         previous_masks: Tensor | None = None,
     ) -> bool:
-        return True
+        """Every call of one image; several images where one pass pays (`pytorch_decodes_batches`)."""
+        mask_features = features.mask_features
+        return mask_features.shape[0] == 1 or pytorch_decodes_batches(mask_features.device)
 
     @torch.inference_mode()
     def __call__(

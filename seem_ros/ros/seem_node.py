@@ -12,8 +12,8 @@ session) and the topics and services below under its namespace (`cameras: [front
 front/image, front/prompt, front/instances, front/set_vocabulary, ...). Without `cameras`, one camera uses
 the names below as they are. The newest frame of each camera is kept, still serialized; each inference
 step takes the frames waiting longest (at most `max_batch_cameras`), so under load no camera starves, and
-runs them together (one batched image-encoder pass for frames of one size, one decoder pass for frames
-of one prompt layout). Frames replaced before
+runs them together (one batched image-encoder pass for frames of one size; one decoder pass for frames
+of one prompt layout where that pays, see `SeemPredictor.predict_frames`). Frames replaced before
 inference got to them, or older than `max_image_age`, are dropped and counted per camera in diagnostics.
 
 Subscribes, per camera (relative names, remap them; pixels are x = column, y = row of the camera images):
