@@ -1,13 +1,16 @@
 """Several cameras on one engine: batched steps against one camera at a time, both backends, in one run.
 
-    python -m bench.cameras [--preset focalt_v1] [--cameras 1 2 4] [--backends torch onnx] [--frames 6]
-                            [--json OUT.json] [--quick]
+    python -m bench.cameras [--preset focalt_v1] [--cameras 1 2 4] [--backends torch onnx torch_bf16]
+                            [--frames 6] [--json OUT.json] [--quick]
 
-For each backend and number of cameras, a worker process builds one engine (random weights) with one
-session per camera, each tracking one clicked target and segmenting panoptically, on 640x480 frames (two
-real photos, alternating between cameras and frames). Two ways to serve the same frames, alternated step
-by step in the same process so a slow spell of a shared machine hits both alike:
-- batched: one `SeemEngine.step` over every camera's frame (one image-encoder pass per padded size);
+For each backend (`bench.backends`) and number of cameras, a worker process builds one engine (random
+weights) with one session per camera, each tracking one clicked target and segmenting panoptically, on
+640x480 frames (two real photos, alternating between cameras and frames). The ways to serve the same
+frames, alternated step by step in the same process so a slow spell of a shared machine hits all alike:
+- batched: one `SeemEngine.step` over every camera's frame (one image-encoder pass per padded size; one
+  decoder pass where the decoder takes the batch: PyTorch on a GPU or in bf16, not in fp32 on the CPU);
+- batched, decoder as on a GPU (PyTorch backends with several cameras): the same, the PyTorch decoder
+  taking the batch on any device (`DecodesEveryBatch`), which shows what that policy would give here;
 - one by one: one `step` per camera.
 Printed and written: frames per second over all cameras, each camera's latency (from the start of the
 step that served it to its result), and the worker's peak resident memory (4 cameras against 1).
@@ -29,9 +32,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.backends import BACKENDS
 from bench.timing import markdown_table
 
 WORKER_TIMEOUT_S = 3600.0
+GPU_WAY = "batched, decoder as on a GPU"
 
 
 def _photos() -> list[np.ndarray]:
@@ -41,36 +46,70 @@ def _photos() -> list[np.ndarray]:
     return [cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA) for image in photos]
 
 
+class DecodesEveryBatch:
+    """A PyTorch decoder backend that takes every batch, as it does on a GPU (`pytorch_decodes_batches`),
+    in fp32 on the CPU too."""
+
+    def __init__(self, decoder: object) -> None:
+        self.decoder = decoder
+        self.name = getattr(decoder, "name", "torch")
+
+    def supports(self, *args: object, **kwargs: object) -> bool:
+        return True
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self.decoder(*args, **kwargs)
+
+
 def measure(preset: str, backend: str, cameras: int, frames: int, threads: int) -> dict:
-    """Serve `frames` frames per camera both ways (alternating); the worker's measurements."""
+    """Serve `frames` frames per camera each way (alternating); the worker's measurements."""
     import torch
 
+    from bench.backends import engine_backend, node_parameters
     from seem_ros.engine.api import SegmenterConfig
     from seem_ros.engine.segmenter import build_engine
+    from seem_ros.engine.torch_backend import TorchDecoder
 
     torch.set_num_threads(threads)
-    engine = build_engine(SegmenterConfig(preset=preset, backend=backend, random_weights=True, device="cpu"))
-    photos = _photos()
-    ways = {"batched": [], "one by one": []}
+    parameters = node_parameters(backend)
+    config = SegmenterConfig(
+        preset=preset,
+        backend=engine_backend(backend),
+        precision=str(parameters["precision"]),
+        compile=bool(parameters["compile"]),
+        random_weights=True,
+        device="cpu",
+    )
+    engine = build_engine(config)
+    predictor = engine.predictor
+    own = predictor.decoder_backend  # the way's decoder backend, set before each of its steps
+    decoders = {"batched": own}
+    if engine_backend(backend) == "torch" and cameras > 1:
+        decoders[GPU_WAY] = DecodesEveryBatch(own or TorchDecoder(predictor.model))
+    decoders["one by one"] = own
+    ways: dict[str, list[dict]] = {way: [] for way in decoders}
     sessions = {way: [engine.open_session(f"{way} {index}") for index in range(cameras)] for way in ways}
     for way_sessions in sessions.values():
         for session in way_sessions:
             session.add_click(320.0, 240.0, positive=True)
-    for way_sessions in sessions.values():  # warm-up: graphs, allocator, first-frame costs
+    photos = _photos()
+    for way, way_sessions in sessions.items():  # warm-up: graphs, allocator, first-frame costs
+        predictor.decoder_backend = decoders[way]
         engine.step([(session, photos[index % 2]) for index, session in enumerate(way_sessions)])
     for frame in range(frames):
         for way, way_sessions in sessions.items():
+            predictor.decoder_backend = decoders[way]
             batch = [(session, photos[(index + frame) % 2]) for index, session in enumerate(way_sessions)]
             started = time.perf_counter()
-            if way == "batched":
-                for outcome in engine.step(batch):
-                    _check(outcome)
-                latencies = [time.perf_counter() - started] * cameras
-            else:
+            if way == "one by one":
                 latencies = []
                 for item in batch:
                     _check(engine.step([item])[0])
                     latencies.append(time.perf_counter() - started)
+            else:
+                for outcome in engine.step(batch):
+                    _check(outcome)
+                latencies = [time.perf_counter() - started] * cameras
             ways[way].append({"seconds": time.perf_counter() - started, "latencies": latencies})
     rows = []
     for way, steps in ways.items():
@@ -143,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--preset", default="focalt_v1")
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--backends", nargs="+", choices=("torch", "onnx"), default=["torch", "onnx"])
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=["torch", "onnx"])
     parser.add_argument("--frames", type=int, default=6, help="timed frames per camera and way")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", default="", help="also write the results here")

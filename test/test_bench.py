@@ -83,7 +83,8 @@ def test_quick_post_processing_and_startup_sections(tmp_path: Path):
 
 @pytest.mark.timeout(900)
 def test_quick_cameras_benchmark(tmp_path: Path):
-    """bench.cameras --quick: 1 and 2 cameras on focalt_tiny, both backends, batched and one by one."""
+    """bench.cameras --quick: 1 and 2 cameras on focalt_tiny, both backends, batched and one by one (and
+    PyTorch batching its decoder as on a GPU)."""
     results_path = tmp_path / "cameras.json"
     command = [
         sys.executable,
@@ -107,5 +108,5 @@ def test_quick_cameras_benchmark(tmp_path: Path):
         for backend in ("torch", "onnx")
         for cameras in (1, 2)
         for way in ("batched", "one by one")
-    }
+    } | {("torch", 2, "batched, decoder as on a GPU")}
     assert all(result["peak_rss_bytes"] > 0 for result in results)

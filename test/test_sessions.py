@@ -3,8 +3,8 @@
 Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
 the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
 encoder pass and frames of one decoder layout share the decoder pass where the decoder takes batches
-(ONNX Runtime's graphs without targets; PyTorch on a GPU, tested here with that policy on the CPU); a
-bad frame fails alone.
+(ONNX Runtime's graphs without targets; PyTorch on a GPU or in bf16, tested here in fp32 with that
+policy); a bad frame fails alone.
 """
 
 from __future__ import annotations

@@ -264,6 +264,17 @@ def test_the_decoder_reads_channels_last_features_as_it_reads_contiguous_ones(mo
     torch.testing.assert_close(got.object_logits, want.object_logits, atol=tolerance, rtol=0)
 
 
+@pytest.mark.parametrize(("precision", "takes_batches"), [("fp32", False), ("bf16", True)])
+def test_the_decoder_takes_batches_on_the_cpu_in_bf16_only(model, precision: str, takes_batches: bool):
+    """On the CPU a batched fp32 decoder pass is slower than one pass per image, a bf16 one faster
+    (`pytorch_decodes_batches`); one image is always taken."""
+    decoder = TorchDecoder(model, TorchAcceleration(precision))
+    features = TorchImageEncoder(model)(torch.randn(2, 3, 96, 128))
+    one = PixelFeatures(features.mask_features[:1], [level[:1] for level in features.multi_scale_features])
+    assert decoder.supports(one)
+    assert decoder.supports(features) is takes_batches
+
+
 def test_bf16_on_a_cpu_without_bf16_units_is_cautioned(tmp_path: Path):
     without_units = tmp_path / "cpuinfo_avx2"
     without_units.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")

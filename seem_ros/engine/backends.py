@@ -62,12 +62,14 @@ class DecoderBackend(Protocol):
         ...
 
 
-def pytorch_decodes_batches(device: torch.device) -> bool:
-    """Whether the PyTorch decoder decodes several images in one pass on `device`: on a GPU, where one pass
-    launches the decoder's many small kernels once for all; not on the CPU, where a batched pass was no
-    faster per image (Focal-T, two images against two passes, 2 cores: 0.85x in fp32, 0.94 to 1.02x in
-    bf16), and one image at a time gives each its result sooner."""
-    return device.type != "cpu"
+def pytorch_decodes_batches(device: torch.device, precision: str) -> bool:
+    """Whether the PyTorch decoder decodes several images in one pass: on a GPU, where one pass launches the
+    decoder's many small kernels once for all, and on the CPU in a reduced precision; in fp32 on the CPU
+    one image a pass. Measured on a 2-core CPU with AMX (`bench.cameras`, Focal-T, cameras tracking a
+    click each, frames per second against one camera a step): bf16 1.05 to 1.07x with the decoder batched,
+    0.95 to 0.97x without; fp32 0.87 to 0.88x with, 0.90 to 0.92x without (the fp32 decoder alone, two
+    images in one pass against two passes: 0.85x)."""
+    return device.type != "cpu" or precision != "fp32"
 
 
 def required_query_choices(

@@ -576,8 +576,8 @@ class SeemPredictor:
         Frames are encoded together where their padded model inputs agree in size (`encode_batch`), and
         decoded together where their decoder passes agree in layout (`_DecoderCall.layout`: padded size,
         vocabulary, the query groups, the number of visual prompts) and the decoder takes the batch
-        (`DecoderBackend.supports`; PyTorch on a GPU, not on the CPU: `pytorch_decodes_batches`; else one
-        by one). Each frame keeps its own prompt tokens
+        (`DecoderBackend.supports`; PyTorch on a GPU, and on the CPU in bf16: `pytorch_decodes_batches`;
+        else one by one). Each frame keeps its own prompt tokens
         (padded to the batch's longest, which changes no answer) and random draws, so its answer equals
         the one it would get alone (the same work, batched). A shared pass's time is reported with each of
         its frames ("image_encoder" or "backbone" and "pixel_decoder", "decoder"); "prompts" (the frame's
@@ -626,7 +626,8 @@ class SeemPredictor:
             )
             decode = backend if together else self.model.decode
         else:
-            together = len(calls) == 1 or pytorch_decodes_batches(self.device)
+            precision = "fp16" if self.half_precision else "fp32"
+            together = len(calls) == 1 or pytorch_decodes_batches(self.device, precision)
             decode = self.model.decode
         if len(calls) > 1 and not together:
             return [

@@ -261,7 +261,7 @@ def _owned_fp32(tensor: Tensor, copy: bool, keep_layout: bool = False) -> Tensor
 
 
 class TorchDecoder:
-    """`SEEM.decode` in PyTorch (`DecoderBackend`): every call of one image, batches on a GPU."""
+    """`SEEM.decode` in PyTorch (`DecoderBackend`): every call of one image, batches where one pass pays."""
 
     def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
         self.acceleration = acceleration or TorchAcceleration()
@@ -278,7 +278,9 @@ class TorchDecoder:
     ) -> bool:
         """Every call of one image; several images where one pass pays (`pytorch_decodes_batches`)."""
         mask_features = features.mask_features
-        return mask_features.shape[0] == 1 or pytorch_decodes_batches(mask_features.device)
+        return mask_features.shape[0] == 1 or pytorch_decodes_batches(
+            mask_features.device, self.acceleration.precision
+        )
 
     @torch.inference_mode()
     def __call__(
