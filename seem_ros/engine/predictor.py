@@ -618,23 +618,17 @@ class SeemPredictor:
     ) -> list[Prediction | Exception]:
         """Decode calls of one layout in one pass where the decoder backend takes them together (else one
         by one), then read each frame's answer; a failed pass fails its frames, a failed answer its own."""
-        inputs = _DecoderInputs.of(calls)
         backend = self.decoder_backend
+        precision = "fp16" if self.half_precision else "fp32"
+        if len(calls) > 1 and backend is None and not pytorch_decodes_batches(self.device, precision):
+            return self._predict_one_by_one(calls, generics, timings)
+        inputs = _DecoderInputs.of(calls)
+        decode = self.model.decode
         if backend is not None:
-            together = backend.supports(
-                inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous
-            )
-            decode = backend if together else self.model.decode
-        else:
-            precision = "fp16" if self.half_precision else "fp32"
-            together = len(calls) == 1 or pytorch_decodes_batches(self.device, precision)
-            decode = self.model.decode
-        if len(calls) > 1 and not together:
-            return [
-                answer
-                for call, generic, timing in zip(calls, generics, timings, strict=True)
-                for answer in self._predict_calls([call], [generic], [timing])
-            ]
+            if backend.supports(inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous):
+                decode = backend
+            elif len(calls) > 1:
+                return self._predict_one_by_one(calls, generics, timings)
         start = time.perf_counter()
         try:
             with self._autocast():
@@ -667,6 +661,15 @@ class SeemPredictor:
             }
             answers.append(Prediction(targets, generic_result, stages))
         return answers
+
+    def _predict_one_by_one(
+        self, calls: Sequence[_DecoderCall], generics: Sequence[bool], timings: Sequence[dict[str, float]]
+    ) -> list[Prediction | Exception]:
+        return [
+            answer
+            for call, generic, timing in zip(calls, generics, timings, strict=True)
+            for answer in self._predict_calls([call], [generic], [timing])
+        ]
 
     def _answer(
         self,
