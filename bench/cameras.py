@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.backends import BACKENDS
+from bench.backends import BACKENDS, engine_backend, node_parameters
 from bench.timing import markdown_table
 
 WORKER_TIMEOUT_S = 3600.0
@@ -65,7 +65,6 @@ def measure(preset: str, backend: str, cameras: int, frames: int, threads: int) 
     """Serve `frames` frames per camera each way (alternating); the worker's measurements."""
     import torch
 
-    from bench.backends import engine_backend, node_parameters
     from seem_ros.engine.api import SegmenterConfig
     from seem_ros.engine.segmenter import build_engine
     from seem_ros.engine.torch_backend import TorchDecoder
