@@ -388,18 +388,37 @@ def test_attention_mask_samples_down_sample_to_what_the_full_map_does(factor: in
     assert torch.equal(F.interpolate(samples, **resize), F.interpolate(mask_features, **resize))
 
 
+def _decoded_with_and_without(
+    model: SEEM, panoptic: dict[str, torch.Tensor], **options: object
+) -> tuple[DecoderOutput, DecoderOutput]:
+    """The generic decoder pass of the reference panoptic inputs as the official code runs it, and with
+    `options`."""
+    features = _features(panoptic)
+    arguments = (features.multi_scale_features, features.mask_features, panoptic["class_text_embeddings"])
+    with torch.no_grad():
+        return model.decoder(*arguments), model.decoder(*arguments, **options)
+
+
 def test_sampled_attention_masks_leave_every_step_unchanged(
     tiny_model: SEEM, panoptic: dict[str, torch.Tensor]
 ) -> None:
     """What the exported graphs compute (`attention_sample_factors`) against the official order."""
-    features = _features(panoptic)
-    arguments = (features.multi_scale_features, features.mask_features, panoptic["class_text_embeddings"])
-    with torch.no_grad():
-        official = tiny_model.decoder(*arguments)
-        sampled = tiny_model.decoder(*arguments, attention_sample_factors=(8, 4, 2))
+    official, sampled = _decoded_with_and_without(tiny_model, panoptic, attention_sample_factors=(8, 4, 2))
     for got, want in zip(sampled.predictions, official.predictions, strict=True):
         torch.testing.assert_close(got.object_masks, want.object_masks, atol=1e-6, rtol=0.0)
         torch.testing.assert_close(got.object_logits, want.object_logits, atol=1e-6, rtol=0.0)
+
+
+def test_final_only_returns_the_final_step_unchanged(
+    tiny_model: SEEM, panoptic: dict[str, torch.Tensor]
+) -> None:
+    """What engines read (`final_only`: the earlier steps' full-size masks skipped) against every step."""
+    every_step, final_only = _decoded_with_and_without(tiny_model, panoptic, final_only=True)
+    assert len(final_only.predictions) == 1
+    got, want = final_only.final, every_step.final
+    torch.testing.assert_close(got.object_masks, want.object_masks, atol=1e-6, rtol=0.0)
+    torch.testing.assert_close(got.object_logits, want.object_logits, atol=1e-6, rtol=0.0)
+    torch.testing.assert_close(got.object_mask_embeddings, want.object_mask_embeddings, atol=1e-6, rtol=0.0)
 
 
 @pytest.mark.parametrize("preset", ["focalt_v1", "samvitb_v1"])

@@ -22,6 +22,7 @@ Semantics chosen where the official v1 code has none:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -623,7 +624,7 @@ class SeemPredictor:
         if len(calls) > 1 and backend is None and not pytorch_decodes_batches(self.device, precision):
             return self._predict_one_by_one(calls, generics, timings)
         inputs = _DecoderInputs.of(calls)
-        decode = self.model.decode
+        decode = functools.partial(self.model.decode, final_only=True)  # the final step is all it reads
         if backend is not None:
             if backend.supports(inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous):
                 decode = backend

@@ -293,8 +293,8 @@ class TorchDecoder:
         query_choices: QueryChoices | None = None,
     ) -> DecoderOutput:
         """As `SEEM.decode`, with the pass's random choices drawn by the caller (needed with spatial
-        tokens). Under autocast or CUDA graphs, `predictions` holds only the final step, in fp32 and owned
-        by the caller.
+        tokens). `predictions` holds only the final step (`final_only`: the earlier steps' full-size
+        masks are not computed); under autocast or CUDA graphs in fp32 and owned by the caller.
 
         Compiled, the prompt tokens are padded to a bucket (`token_bucket`): a graph is compiled per
         bucket, not per count of a click's pixels or a sentence's words. The choices go up to the device
@@ -319,6 +319,7 @@ class TorchDecoder:
                 spatial_tokens=spatial_tokens,
                 previous_masks=previous_masks,
                 query_choices=None if query_choices is None else query_choices.to(device),
+                final_only=True,
             )
         if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
             return output

@@ -168,6 +168,15 @@ def attention_mask_samples(mask_features: Tensor, size: tuple[int, int], factor:
     return blocks[:, :, :, middle, :, middle].reshape(batch, dim, 2 * height, 2 * width)
 
 
+def _even_factor(mask_size: Sequence[int], size: tuple[int, int]) -> int | None:
+    """How many times larger `mask_size` (H, W) is than `size` (h, w), where that is one even factor in both
+    directions; else None."""
+    factor = mask_size[-1] // size[1]
+    if factor % 2 or (mask_size[-2], mask_size[-1]) != (factor * size[0], factor * size[1]):
+        return None
+    return factor
+
+
 def _chosen_queries(queries: Tensor, index: Tensor) -> Tensor:
     """queries: (Q, B, D); index: (n,) the same queries for every image, or (B, n) each image's own.
     Returns (n, B, D)."""
@@ -318,7 +327,8 @@ class SEEMDecoder(nn.Module):
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
         query_choices: QueryChoices | None = None,
-        attention_sample_factors: Sequence[int] | None = None,
+        attention_sample_factors: Sequence[int | None] | None = None,
+        final_only: bool = False,
     ) -> DecoderOutput:
         """Run the decoder.
 
@@ -338,19 +348,27 @@ class SEEMDecoder(nn.Module):
             the final step (an exported graph). Each intermediate cross-attention mask is then computed
             from the mask-feature pixels its bilinear down-sampling reads (`attention_mask_samples`):
             the same products and the same interpolation weights, so the same values, with 1/16 of the
-            products at stride 32 and 1/4 at stride 16 (a factor of 2 reads every pixel). The
-            intermediate steps' own masks are still returned at full size. By default, every step's
-            full-size masks are down-sampled.
+            products at stride 32 and 1/4 at stride 16 (a factor of 2 reads every pixel; None, a level
+            that is no even factor smaller). The intermediate steps' own masks are still returned at full
+            size. By default, every step's full-size masks are down-sampled.
+        final_only: return the final step alone (`predictions` of one entry), for a caller that reads
+            nothing else (an engine): the intermediate steps' full-size masks are then computed only where
+            an attention mask needs every pixel, the others from their samples (factors found from the
+            shapes unless given). The final step is the same as without.
         """
         if spatial_masks is not None and spatial_tokens is not None:
             raise ValueError("give either spatial_masks or spatial_tokens, not both")
         if previous_masks is not None and spatial_masks is None and spatial_tokens is None:
             raise ValueError("previous_masks need a visual prompt (spatial_masks or spatial_tokens)")
         sources, positions, sizes = self.prepare_levels(multi_scale_features)
+        if final_only and attention_sample_factors is None:
+            attention_sample_factors = [_even_factor(mask_features.shape[-2:], size) for size in sizes]
         attention_samples: list[Tensor | None] = [None] * len(sizes)
         if attention_sample_factors is not None:
             attention_samples = [
-                attention_mask_samples(mask_features, size, factor) if factor > 2 else None
+                attention_mask_samples(mask_features, size, factor)
+                if factor is not None and factor > 2
+                else None
                 for size, factor in zip(sizes, attention_sample_factors, strict=True)
             ]
         batch = mask_features.shape[0]
@@ -386,9 +404,16 @@ class SEEMDecoder(nn.Module):
         cross_names = [name for name in _CROSS_ORDER if name in sequence.content]
         predictions = []
         prediction, attention_blocked = self._predict(
-            sequence, cross_names, mask_features, class_text_embeddings, sizes[0], attention_samples[0]
+            sequence,
+            cross_names,
+            mask_features,
+            class_text_embeddings,
+            sizes[0],
+            attention_samples[0],
+            returned=not final_only or self.num_layers == 0,
         )
-        predictions.append(prediction)
+        if prediction is not None:
+            predictions.append(prediction)
         for layer in range(self.num_layers):
             level = layer % self.num_feature_levels
             cross_lengths = [sequence.content[name].shape[0] for name in cross_names]
@@ -432,8 +457,10 @@ class SEEMDecoder(nn.Module):
                 class_text_embeddings,
                 sizes[next_level],
                 attention_samples[next_level],
+                returned=not final_only or layer == self.num_layers - 1,
             )
-            predictions.append(prediction)
+            if prediction is not None:
+                predictions.append(prediction)
         return DecoderOutput(
             predictions=predictions,
             spatial_tokens=spatial_tokens,
@@ -466,15 +493,16 @@ class SEEMDecoder(nn.Module):
         class_text_embeddings: Tensor,
         attention_size: tuple[int, int],
         attention_samples: Tensor | None,
-    ) -> tuple[DecoderPrediction, Tensor]:
-        """Heads on every cross-attending query; also the next cross-attention mask
-        (B, Q_cross, h * w) bool, True where sigmoid(mask) < 0.5 at the next level's size, down-sampled
-        from the full-size masks or, when given, from the masks at `attention_samples` (B, D, h', w')."""
+        returned: bool = True,
+    ) -> tuple[DecoderPrediction | None, Tensor]:
+        """Heads on every cross-attending query (None unless `returned`: then only the attention mask is
+        computed); also the next cross-attention mask (B, Q_cross, h * w) bool, True where sigmoid(mask) <
+        0.5 at the next level's size, down-sampled from the full-size masks or, when given, from the masks
+        at `attention_samples` (B, D, h', w')."""
         queries = torch.cat([sequence.content[name] for name in cross_names])
         normalized = self.decoder_norm(queries).transpose(0, 1)
-        class_embeddings = normalized @ self.class_embed
         mask_embeddings = self.mask_embed(normalized)
-        masks = mask_logits(mask_embeddings, mask_features)
+        masks = mask_logits(mask_embeddings, mask_features) if returned or attention_samples is None else None
         if attention_samples is not None:
             masks_to_resize = mask_logits(mask_embeddings, attention_samples)
         else:
@@ -482,6 +510,9 @@ class SEEMDecoder(nn.Module):
         resized = F.interpolate(masks_to_resize, size=attention_size, mode="bilinear", align_corners=False)
         blocked = resized.sigmoid().flatten(2) < 0.5
         blocked = blocked.detach()
+        if not returned:
+            return None, blocked
+        class_embeddings = normalized @ self.class_embed
 
         groups = self._spans(sequence, cross_names)
         objects = groups["object"]

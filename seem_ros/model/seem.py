@@ -132,9 +132,10 @@ class SEEM(nn.Module):
         previous_masks: Tensor | None = None,
         generator: torch.Generator | None = None,
         query_choices: QueryChoices | None = None,
+        final_only: bool = False,
     ) -> DecoderOutput:
-        """Run the decoder on encoded features; see `SEEMDecoder.forward` for the prompt arguments and
-        the random choices (drawn from `generator` unless given)."""
+        """Run the decoder on encoded features; see `SEEMDecoder.forward` for the prompt arguments, the
+        random choices (drawn from `generator` unless given) and `final_only`."""
         return self.decoder(
             features.multi_scale_features,
             features.mask_features,
@@ -145,6 +146,7 @@ class SEEM(nn.Module):
             previous_masks=previous_masks,
             generator=generator,
             query_choices=query_choices,
+            final_only=final_only,
         )
 
     def encode_spatial_reference(
