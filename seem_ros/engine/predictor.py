@@ -216,7 +216,7 @@ class _DecoderInputs:
             ),
             grounding=None
             if first.grounding is None
-            else GroundingTokens.stack([c.grounding for c in calls]),
+            else GroundingTokens.stack([call.grounding for call in calls]),
             spatial_tokens=None
             if first.spatial_tokens is None
             else stack_spatial_tokens([call.spatial_tokens for call in calls]),
@@ -578,9 +578,9 @@ class SeemPredictor:
         decoded together where their decoder passes agree in layout (`_DecoderCall.layout`: padded size,
         vocabulary, the query groups, the number of visual prompts) and the decoder takes the batch
         (`DecoderBackend.supports`; PyTorch on a GPU, and on the CPU in bf16: `pytorch_decodes_batches`;
-        else one by one). Each frame keeps its own prompt tokens
-        (padded to the batch's longest, which changes no answer) and random draws, so its answer equals
-        the one it would get alone (the same work, batched). A shared pass's time is reported with each of
+        else one by one). Each frame keeps its own prompt tokens (padded to the batch's longest, which
+        changes no answer) and random draws, so its answer equals the one it would get alone (the same
+        work, batched). A shared pass's time is reported with each of
         its frames ("image_encoder" or "backbone" and "pixel_decoder", "decoder"); "prompts" (the frame's
         prompt tokens and random draws) and "postprocess" are the frame's own.
         """
