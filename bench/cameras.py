@@ -10,7 +10,7 @@ frames, alternated step by step in the same process so a slow spell of a shared 
 - batched: one `SeemEngine.step` over every camera's frame (one image-encoder pass per padded size; one
   decoder pass where the decoder takes the batch: PyTorch on a GPU or in bf16, not in fp32 on the CPU);
 - batched, decoder as on a GPU (PyTorch backends with several cameras): the same, the PyTorch decoder
-  taking the batch on any device (`DecodesEveryBatch`), which shows what that policy would give here;
+  taking the batch on any device (`TorchDecoder(batches=True)`), which shows what that policy would give here;
 - one by one: one `step` per camera.
 Printed and written: frames per second over all cameras, each camera's latency (from the start of the
 step that served it to its result), and the worker's peak resident memory (4 cameras against 1).
@@ -46,21 +46,6 @@ def _photos() -> list[np.ndarray]:
     return [cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA) for image in photos]
 
 
-class DecodesEveryBatch:
-    """A PyTorch decoder backend that takes every batch, as it does on a GPU (`pytorch_decodes_batches`),
-    in fp32 on the CPU too."""
-
-    def __init__(self, decoder: object) -> None:
-        self.decoder = decoder
-        self.name = getattr(decoder, "name", "torch")
-
-    def supports(self, *args: object, **kwargs: object) -> bool:
-        return True
-
-    def __call__(self, *args: object, **kwargs: object) -> object:
-        return self.decoder(*args, **kwargs)
-
-
 def measure(preset: str, backend: str, cameras: int, frames: int, threads: int) -> dict:
     """Serve `frames` frames per camera each way (alternating); the worker's measurements."""
     import torch
@@ -84,7 +69,8 @@ def measure(preset: str, backend: str, cameras: int, frames: int, threads: int) 
     own = predictor.decoder_backend  # the way's decoder backend, set before each of its steps
     decoders = {"batched": own}
     if engine_backend(backend) == "torch" and cameras > 1:
-        decoders[GPU_WAY] = DecodesEveryBatch(own or TorchDecoder(predictor.model))
+        acceleration = own.acceleration if isinstance(own, TorchDecoder) else None  # None: fp32
+        decoders[GPU_WAY] = TorchDecoder(predictor.model, acceleration, batches=True)
     decoders["one by one"] = own
     ways: dict[str, list[dict]] = {way: [] for way in decoders}
     sessions = {way: [engine.open_session(f"{way} {index}") for index in range(cameras)] for way in ways}

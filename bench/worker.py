@@ -23,6 +23,8 @@ import torch
 from bench.backends import acceleration, engine_backend
 from bench.timing import peak_rss_bytes, summarize
 from seem_ros.allocator import share_main_heap, suit_backend
+from seem_ros.engine.backends import DecoderBackend, DecoderInputs
+from seem_ros.model.decoder import DecoderOutput
 
 TEXT_QUERY = "the animal in the middle"
 VOCABULARY_TEMPLATES = ("a photo of a {}.",)
@@ -340,7 +342,7 @@ random weights no query passes the 0.8 class threshold, so post-processing would
 
 
 class ForcedSegments:
-    """A decoder backend that runs the real decoder (`decode`), then overwrites the object queries' class
+    """A decoder backend that runs the real decoder (`decoder`), then overwrites the object queries' class
     logits and mask logits it returns with `count` confident queries of distinct COCO classes, each owning
     one cell of a Voronoi partition of the image (soft borders), the other queries background.
 
@@ -349,18 +351,17 @@ class ForcedSegments:
 
     name = "forced"
 
-    def __init__(self, decode, count: int, vocabulary_size: int, seed: int = 0) -> None:  # noqa: ANN001
-        self.decode = decode
+    def __init__(self, decoder: DecoderBackend, count: int, vocabulary_size: int, seed: int = 0) -> None:
+        self.decoder = decoder
         self.count = count
         self.vocabulary_size = vocabulary_size
         self.seed = seed
 
-    def supports(self, *args: object, **kwargs: object) -> bool:
-        supports = getattr(self.decode, "supports", None)
-        return True if supports is None else supports(*args, **kwargs)
+    def supports(self, inputs: DecoderInputs) -> bool:
+        return self.decoder.supports(inputs)
 
-    def __call__(self, features, class_text_embeddings, **prompts):  # noqa: ANN001, ANN003, ANN204
-        output = self.decode(features, class_text_embeddings, **prompts)
+    def __call__(self, inputs: DecoderInputs) -> DecoderOutput:
+        output = self.decoder(inputs)
         final = output.final
         queries, classes = final.object_logits.shape[1:]
         height, width = final.object_masks.shape[-2:]
@@ -393,13 +394,14 @@ def run_post(bench: Bench, started: float) -> list[dict]:
 
     from seem_ros.engine.engine import SeemEngine
     from seem_ros.engine.session import SessionSettings
+    from seem_ros.engine.torch_backend import TorchDecoder
     from seem_ros.ros.conversions import frame_result_to_msg, overlay_image, panoptic_image, semantic_image
 
     job = bench.job
     recorder = Recorder(job)
     rgb = synthetic_image(*job.image_size, seed=job.seed)
     predictor = bench.predictor(job.short_sides[0])
-    inner = predictor.decoder_backend if predictor.decoder_backend is not None else predictor.model.decode
+    inner = predictor.decoder_backend or TorchDecoder(predictor.model)
     predictor.decoder_backend = ForcedSegments(inner, FORCED_SEGMENTS, len(bench.vocabulary.names), job.seed)
     segmenter = SeemEngine(predictor, SessionSettings()).open_session()
     header = Header()

@@ -19,6 +19,7 @@ import torch
 from assets import reference_image, skimage_image, tiny_reference_model
 from safetensors.torch import load_file
 
+from seem_ros.engine.backends import DecoderInputs
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.predictor import PanopticSettings, Prediction, SeemPredictor, TargetResult
 from seem_ros.engine.prompts import (
@@ -31,7 +32,9 @@ from seem_ros.engine.prompts import (
     TextPrompt,
 )
 from seem_ros.engine.session import SessionSettings
+from seem_ros.engine.torch_backend import TorchDecoder
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
+from seem_ros.model.decoder import DecoderOutput
 from seem_ros.model.postprocess import resize_mask_logits
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
@@ -292,13 +295,19 @@ def test_memory_prompt_reaches_the_decoder(
 ) -> None:
     first = _predict_on(predictor, coffee, Target(visual=(CUP_CLICK,))).targets[0]
     seen: list[torch.Tensor | None] = []
-    decode = predictor.model.decode
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("previous_masks"))
-        return decode(*args, **kwargs)
+    class Spy:
+        name = "spy"
+        decoder = TorchDecoder(predictor.model)
 
-    monkeypatch.setattr(predictor.model, "decode", spy)
+        def supports(self, inputs: DecoderInputs) -> bool:
+            return self.decoder.supports(inputs)
+
+        def __call__(self, inputs: DecoderInputs) -> DecoderOutput:
+            seen.append(inputs.previous_masks)
+            return self.decoder(inputs)
+
+    monkeypatch.setattr(predictor, "decoder_backend", Spy())
     targets = [
         Target(text=TextPrompt("the red cup")),
         Target(visual=(CUP_CLICK,)),

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from seem_ros.engine.api import SegmenterConfig
-from seem_ros.engine.backends import DecoderBackend
+from seem_ros.engine.backends import DecoderBackend, DecoderInputs
 from seem_ros.engine.onnx_decoder import OnnxDecoder, decoder_fingerprint
 from seem_ros.engine.predictor import SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
@@ -91,7 +91,7 @@ def test_generic_decoder_matches_official_tensors(
     onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor]
 ) -> None:
     assert isinstance(onnx_decoder, DecoderBackend)
-    output = onnx_decoder(_features(panoptic), panoptic["class_text_embeddings"])
+    output = onnx_decoder(DecoderInputs(_features(panoptic), panoptic["class_text_embeddings"]))
     assert len(output.predictions) == 1
     torch.testing.assert_close(output.final.object_logits, panoptic["pred_logits"], **LOGIT_TOLERANCE)
     torch.testing.assert_close(output.final.object_masks, panoptic["pred_masks"], **TOLERANCE)
@@ -114,16 +114,15 @@ def test_spatial_memory_matches_pytorch_and_official_tensors(
     choices = tiny_model.decoder.draw_query_choices(tokens.num_prompts, True, generator)
     assert torch.equal(choices.spatial_query_index, stored["spatial_query_sample_index"])
     assert torch.equal(choices.memory_slot_prompt_index, stored["memory_slot_prompt_index"])
-    outputs = {}
-    for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
-        with torch.no_grad():
-            outputs[name] = decode(
-                features,
-                panoptic["class_text_embeddings"],
-                spatial_tokens=tokens,
-                previous_masks=stored["input_prev_mask"],
-                query_choices=choices,
-            )
+    inputs = DecoderInputs(
+        features,
+        panoptic["class_text_embeddings"],
+        spatial_tokens=tokens,
+        previous_masks=stored["input_prev_mask"],
+        query_choices=choices,
+    )
+    with torch.no_grad():
+        outputs = {"torch": tiny_model.decode(**inputs.arguments()), "onnx": onnx_decoder(inputs)}
     onnx_output = outputs["onnx"]
     _assert_same_final(onnx_output, outputs["torch"])
     final = onnx_output.final
@@ -176,43 +175,45 @@ def test_dynamic_counts_and_sizes_match_pytorch(
     with torch.no_grad():
         tokens = tiny_model.encode_spatial_reference(features, positive, negative, prompt_generator)
     choices = tiny_model.decoder.draw_query_choices(num_prompts, kind.memory, prompt_generator)
-    outputs = {}
-    for name, decode in (("torch", tiny_model.decode), ("onnx", onnx_decoder)):
-        with torch.no_grad():
-            outputs[name] = decode(
-                features,
-                classes,
-                grounding=grounding if kind.grounding else None,
-                spatial_tokens=tokens if kind.spatial else None,
-                previous_masks=previous if kind.memory else None,
-                query_choices=choices if kind.spatial else None,
-            )
+    inputs = DecoderInputs(
+        features,
+        classes,
+        grounding=grounding if kind.grounding else None,
+        spatial_tokens=tokens if kind.spatial else None,
+        previous_masks=previous if kind.memory else None,
+        query_choices=choices if kind.spatial else None,
+    )
+    with torch.no_grad():
+        outputs = {"torch": tiny_model.decode(**inputs.arguments()), "onnx": onnx_decoder(inputs)}
     _assert_same_final(outputs["onnx"], outputs["torch"])
     assert outputs["onnx"].final.object_masks.shape[-2:] == (height // 4, width // 4)
     assert kind in onnx_decoder.paths
 
 
 def test_unsupported_calls_are_refused(onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor]) -> None:
-    features = _features(panoptic)
-    tokens = torch.zeros(3, 1, panoptic["class_text_embeddings"].shape[1])
+    features, classes = _features(panoptic), panoptic["class_text_embeddings"]
+    tokens = torch.zeros(3, 1, classes.shape[1])
     padded = GroundingTokens(tokens, torch.tensor([[False, False, True]]))
-    assert not onnx_decoder.supports(features, grounding=padded)
+    assert not onnx_decoder.supports(DecoderInputs(features, classes, grounding=padded))
     batch = PixelFeatures(
         mask_features=features.mask_features.repeat(2, 1, 1, 1),
         multi_scale_features=[level.repeat(2, 1, 1, 1) for level in features.multi_scale_features],
     )
-    assert onnx_decoder.supports(batch)  # several cameras' frames without prompts
+    assert onnx_decoder.supports(DecoderInputs(batch, classes))  # several cameras' frames without prompts
     grounding = GroundingTokens(tokens[:2], torch.tensor([[False, False]]))
-    assert not onnx_decoder.supports(batch, grounding=grounding)  # prompted graphs take one image
+    prompted = DecoderInputs(batch, classes, grounding=grounding)
+    assert not onnx_decoder.supports(prompted)  # prompted graphs take one image
     with pytest.raises(ValueError, match="not supported by the ONNX decoder"):
-        onnx_decoder(batch, panoptic["class_text_embeddings"], grounding=grounding)
+        onnx_decoder(prompted)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_a_backend_refuses_a_visual_prompt_without_its_random_choices(
+def test_a_visual_prompt_needs_its_random_choices(
     tiny_model: SEEM, onnx_decoder: OnnxDecoder, panoptic: dict[str, torch.Tensor], backend: str
 ) -> None:
-    """The caller draws a pass's random choices (once, in the official order); a backend draws none."""
+    """The caller draws a pass's random choices (once, in the official order); a backend draws none: a
+    pass without them is refused where it is made, one whose choices lack the memory slots by the
+    backend."""
     decode = onnx_decoder if backend == "onnx" else TorchDecoder(tiny_model)
     features = _features(panoptic)
     height, width = features.mask_features.shape[-2:]
@@ -221,14 +222,15 @@ def test_a_backend_refuses_a_visual_prompt_without_its_random_choices(
     with torch.no_grad():
         tokens = tiny_model.encode_spatial_reference(features, positive, torch.zeros_like(positive))
     classes = panoptic["class_text_embeddings"]
-    with pytest.raises(ValueError, match="needs its query choices"):
-        decode(features, classes, spatial_tokens=tokens)
+    with pytest.raises(ValueError, match="exactly when it has spatial tokens"):
+        DecoderInputs(features, classes, spatial_tokens=tokens)
     without_memory = tiny_model.decoder.draw_query_choices(1, False, None)
     previous = torch.zeros(1, 1, height, width)
+    memory = DecoderInputs(
+        features, classes, spatial_tokens=tokens, previous_masks=previous, query_choices=without_memory
+    )
     with pytest.raises(ValueError, match="query choices with memory slots"):
-        decode(
-            features, classes, spatial_tokens=tokens, previous_masks=previous, query_choices=without_memory
-        )
+        decode(memory)
 
 
 def test_cache_exports_each_graph_once_per_weights(tiny_model: SEEM, tmp_path: Path) -> None:

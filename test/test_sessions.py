@@ -17,6 +17,7 @@ import torch
 from assets import read_frames, skimage_image, video_clip
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.backends import DecoderInputs
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.errors import InputError
 from seem_ros.engine.results import FrameResult
@@ -24,7 +25,6 @@ from seem_ros.engine.segmenter import build_engine
 from seem_ros.engine.session import Session
 from seem_ros.engine.torch_backend import TorchDecoder, TorchImageEncoder
 from seem_ros.engine.vocabulary_cache import Vocabulary
-from seem_ros.model.features import PixelFeatures
 
 STREET = Vocabulary.from_names(("person", "bicycle", "car", "road", "tree"), ("person", "bicycle", "car"))
 SHORT_SIDE = 256
@@ -32,24 +32,22 @@ LOGIT_TOLERANCE = 1e-4
 
 
 class Recording:
-    """Wraps an image-encoder or decoder backend and records the batch size of every call.
+    """Wraps an image-encoder or decoder backend and records the batch size of every call."""
 
-    batches_everywhere: a PyTorch decoder takes batches on the CPU too, as it does on a GPU
-    (`pytorch_decodes_batches`), so the CPU tests the batched passes a GPU runs."""
-
-    def __init__(self, inner: object, batches_everywhere: bool = False) -> None:
+    def __init__(self, inner: object) -> None:
         self.inner = inner
         self.name = getattr(inner, "name", "recording")
-        self.batches_everywhere = batches_everywhere and isinstance(inner, TorchDecoder)
         self.batches: list[int] = []
 
-    def supports(self, features: PixelFeatures, *args: object) -> bool:
-        return self.batches_everywhere or self.inner.supports(features, *args)
+    def supports(self, inputs: DecoderInputs) -> bool:
+        return self.inner.supports(inputs)
 
-    def __call__(self, images_or_features: torch.Tensor | PixelFeatures, *args: object, **kwargs: object):
-        tensor = getattr(images_or_features, "mask_features", images_or_features)
-        self.batches.append(int(tensor.shape[0]))
-        return self.inner(images_or_features, *args, **kwargs)
+    def __call__(self, images_or_inputs: torch.Tensor | DecoderInputs):
+        if isinstance(images_or_inputs, DecoderInputs):
+            self.batches.append(images_or_inputs.batch_size)
+        else:
+            self.batches.append(int(images_or_inputs.shape[0]))
+        return self.inner(images_or_inputs)
 
 
 @pytest.fixture
@@ -77,7 +75,10 @@ def make_engine(reference_dir: Path):
         predictor = engine.predictor
         model = predictor.model
         predictor.image_encoder = Recording(predictor.image_encoder or TorchImageEncoder(model))
-        predictor.decoder_backend = Recording(predictor.decoder_backend or TorchDecoder(model), gpu_batching)
+        decoder = predictor.decoder_backend or TorchDecoder(model)
+        if gpu_batching:  # the PyTorch decoder takes batches on the CPU too, as on a GPU
+            decoder = TorchDecoder(model, decoder.acceleration, batches=True)
+        predictor.decoder_backend = Recording(decoder)
         return engine
 
     return make

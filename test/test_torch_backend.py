@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from seem_ros.engine.api import SegmenterConfig
+from seem_ros.engine.backends import DecoderInputs
 from seem_ros.engine.predictor import Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target, TextPrompt
 from seem_ros.engine.segmenter import build_segmenter, load_model
@@ -256,7 +257,8 @@ def test_the_decoder_reads_channels_last_features_as_it_reads_contiguous_ones(mo
     )
     classes = torch.nn.functional.normalize(torch.randn(5, model.decoder.class_embed.shape[0]), dim=-1)
     decoder = TorchDecoder(model, TorchAcceleration(precision))
-    want, got = decoder(features, classes).final, decoder(channels_last, classes).final
+    want = decoder(DecoderInputs(features, classes)).final
+    got = decoder(DecoderInputs(channels_last, classes)).final
     if precision != "fp32":  # reduced precision hands on contiguous fp32 masks, whatever the layout read
         assert got.object_masks.is_contiguous()
     tolerance = 1e-4 if precision == "fp32" else 0.05 * float(want.object_masks.abs().max())
@@ -267,12 +269,15 @@ def test_the_decoder_reads_channels_last_features_as_it_reads_contiguous_ones(mo
 @pytest.mark.parametrize(("precision", "takes_batches"), [("fp32", False), ("bf16", True)])
 def test_the_decoder_takes_batches_on_the_cpu_in_bf16_only(model, precision: str, takes_batches: bool):
     """On the CPU a batched fp32 decoder pass is slower than one pass per image, a bf16 one faster
-    (`pytorch_decodes_batches`); one image is always taken."""
+    (`pytorch_decodes_batches`); one image is always taken, and batches when asked (`batches=True`)."""
     decoder = TorchDecoder(model, TorchAcceleration(precision))
     features = TorchImageEncoder(model)(torch.randn(2, 3, 96, 128))
     one = PixelFeatures(features.mask_features[:1], [level[:1] for level in features.multi_scale_features])
-    assert decoder.supports(one)
-    assert decoder.supports(features) is takes_batches
+    classes = torch.nn.functional.normalize(torch.randn(5, model.decoder.class_embed.shape[0]), dim=-1)
+    batch = DecoderInputs(features, classes)
+    assert decoder.supports(DecoderInputs(one, classes))
+    assert decoder.supports(batch) is takes_batches
+    assert TorchDecoder(model, TorchAcceleration(precision), batches=True).supports(batch)
 
 
 def test_bf16_on_a_cpu_without_bf16_units_is_cautioned(tmp_path: Path):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seem_ros.engine.backends import required_query_choices
+from seem_ros.engine.backends import DecoderInputs
 from seem_ros.engine.onnx_backend import buffer_device, cached_export, checked_providers
 from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
 from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, session_options
@@ -30,13 +30,9 @@ from seem_ros.export.shared_weights import SharedInitializers
 from seem_ros.model.decoder import (
     DecoderOutput,
     DecoderPrediction,
-    GroundingTokens,
-    QueryChoices,
     SEEMDecoder,
 )
-from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
-from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -144,60 +140,38 @@ class OnnxDecoder:
             self._sessions[kind] = session
         return session
 
-    def supports(
-        self,
-        features: PixelFeatures,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-    ) -> bool:
+    def supports(self, inputs: DecoderInputs) -> bool:
         """True for any batch without prompts, batch 1 with prompts, grounding tokens without padding
         (what `SeemPredictor` passes)."""
-        kind = DecoderGraphKind(grounding is not None, spatial_tokens is not None)
-        if features.mask_features.shape[0] != 1 and not kind.batched:
+        if inputs.batch_size != 1 and not _graph_kind(inputs).batched:
             return False
-        if previous_masks is not None and spatial_tokens is None:
-            return False
-        return grounding is None or not bool(grounding.padding.any())
+        return inputs.grounding is None or not bool(inputs.grounding.padding.any())
 
-    def __call__(
-        self,
-        features: PixelFeatures,
-        class_text_embeddings: Tensor,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-        query_choices: QueryChoices | None = None,
-    ) -> DecoderOutput:
-        """Decode the features of one image (of several without prompts). Shapes as in
-        `SEEMDecoder.forward`; with spatial tokens, `query_choices` are the pass's random choices. Outputs
-        are float32 on the features' device."""
-        query_choices = required_query_choices(spatial_tokens, query_choices)
-        if not self.supports(features, grounding, spatial_tokens, previous_masks):
+    def __call__(self, inputs: DecoderInputs) -> DecoderOutput:
+        """Decode the features of one image (of several without prompts). Outputs are float32 on the
+        features' device."""
+        if not self.supports(inputs):
             raise ValueError(
-                "this call is not supported by the ONNX decoder (batch 1 with prompts, grounding tokens "
-                "without padding, previous_masks only with visual prompts); run SEEM.decode instead"
+                "this pass is not supported by the ONNX decoder (batch 1 with prompts, grounding tokens "
+                "without padding); run SEEM.decode instead"
             )
-        kind = DecoderGraphKind(
-            grounding=grounding is not None,
-            spatial=spatial_tokens is not None,
-            memory=previous_masks is not None,
-        )
-        inputs = [features.mask_features, *features.multi_scale_features, class_text_embeddings]
+        features, grounding, spatial_tokens = inputs.features, inputs.grounding, inputs.spatial_tokens
+        kind = _graph_kind(inputs)
+        values = [features.mask_features, *features.multi_scale_features, inputs.class_text_embeddings]
         num_spatial = 0
         if grounding is not None:
-            inputs.append(grounding.tokens)
-        if query_choices is not None:
-            inputs += [
+            values.append(grounding.tokens)
+        if inputs.query_choices is not None:
+            values += [
                 *spatial_tokens.level_tokens,
                 *spatial_tokens.level_prompt_index,
-                query_choices.spatial_query_index,
+                inputs.query_choices.spatial_query_index,
             ]
-            num_spatial = query_choices.spatial_query_index.shape[0]
-        if previous_masks is not None:
-            inputs += [previous_masks, query_choices.memory_slots()]
+            num_spatial = inputs.query_choices.spatial_query_index.shape[0]
+        if inputs.previous_masks is not None:
+            values += [inputs.previous_masks, inputs.query_choices.memory_slots()]
         outputs = self._run(
-            kind, inputs, features.mask_features.shape, class_text_embeddings.shape[0], num_spatial
+            kind, values, features.mask_features.shape, inputs.class_text_embeddings.shape[0], num_spatial
         )
         outputs = [output.to(features.mask_features.device) for output in outputs]
         prediction = DecoderPrediction(*outputs[:4])
@@ -214,7 +188,7 @@ class OnnxDecoder:
         return DecoderOutput(
             predictions=[prediction],
             spatial_tokens=spatial_tokens,
-            query_choices=query_choices,
+            query_choices=inputs.query_choices,
         )
 
     def _run(
@@ -267,4 +241,13 @@ def _buffer(tensor: Tensor) -> tuple[str, int, type, list[int], int]:
         _ELEMENT_TYPES[tensor.dtype],
         list(tensor.shape),
         tensor.data_ptr(),
+    )
+
+
+def _graph_kind(inputs: DecoderInputs) -> DecoderGraphKind:
+    """The exported graph that decodes `inputs`."""
+    return DecoderGraphKind(
+        grounding=inputs.grounding is not None,
+        spatial=inputs.spatial_tokens is not None,
+        memory=inputs.previous_masks is not None,
     )

@@ -22,7 +22,6 @@ Semantics chosen where the official v1 code has none:
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seem_ros.engine.backends import DecoderBackend, ImageEncoderBackend, pytorch_decodes_batches
+from seem_ros.engine.backends import DecoderBackend, DecoderInputs, ImageEncoderBackend
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
@@ -45,21 +44,18 @@ from seem_ros.engine.prompts import (
     ScribblePrompt,
     Target,
 )
+from seem_ros.engine.torch_backend import TorchDecoder
 from seem_ros.engine.vocabulary_cache import (
     COCO_PANOPTIC,
     SentenceEmbeddingCache,
     Vocabulary,
     VocabularyCache,
 )
-from seem_ros.model.decoder import DecoderPrediction, GroundingTokens, QueryChoices
+from seem_ros.model.decoder import DecoderPrediction, GroundingTokens
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.postprocess import panoptic_inference, resize_mask_logits
 from seem_ros.model.seem import SEEM, SpatialSelection
-from seem_ros.model.spatial_prompts import (
-    SpatialPromptTokens,
-    concatenate_spatial_tokens,
-    stack_spatial_tokens,
-)
+from seem_ros.model.spatial_prompts import SpatialPromptTokens, concatenate_spatial_tokens
 from seem_ros.model.tokenizer import ClipTokenizer
 from seem_ros.model.transfer import to_device
 
@@ -152,78 +148,33 @@ class PanopticSettings:
 
 @dataclass
 class _DecoderCall:
-    """One frame's decoder pass as `SeemPredictor._decoder_call` prepared it, and what its answer is read
-    with: which targets are visual (spatial queries) and which text (grounding queries), their sentence
-    embeddings, and the time the preparation took (prompt rasterisation, sampling, text embedding)."""
+    """One frame's decoder pass as `SeemPredictor._decoder_call` prepared it (`inputs`, one image), and
+    what its answer is read with: which targets are visual (spatial queries) and which text (grounding
+    queries), their sentence embeddings, and the time the preparation took (prompt rasterisation,
+    sampling, text embedding)."""
 
     encoded: EncodedImage
     targets: Sequence[Target]
     vocabulary: Vocabulary
-    class_embeddings: Tensor
+    inputs: DecoderInputs
     visual_ids: list[int]
     text_ids: list[int]
     text_index: dict[int, int]
     sentence_embeddings: Tensor | None
-    grounding: GroundingTokens | None
-    spatial_tokens: SpatialPromptTokens | None
-    previous: Tensor | None
-    query_choices: QueryChoices | None
     prepare_seconds: float
 
     @property
     def layout(self) -> tuple:
         """Calls of one layout can share a batched decoder pass: the same padded size and vocabulary,
         the same query groups (grounding, spatial, memory) and number of visual prompts."""
-        num_prompts = 0 if self.spatial_tokens is None else self.spatial_tokens.num_prompts
+        inputs = self.inputs
+        num_prompts = 0 if inputs.spatial_tokens is None else inputs.spatial_tokens.num_prompts
         return (
             self.encoded.padded_size,
             self.vocabulary,
-            self.grounding is not None,
+            inputs.grounding is not None,
             num_prompts,
-            self.previous is not None,
-        )
-
-
-@dataclass
-class _DecoderInputs:
-    """The decoder inputs of calls of one layout, batched (one call's own inputs, unpadded, alone)."""
-
-    features: PixelFeatures
-    grounding: GroundingTokens | None
-    spatial_tokens: SpatialPromptTokens | None
-    previous: Tensor | None
-    query_choices: QueryChoices | None
-
-    @staticmethod
-    def of(calls: Sequence[_DecoderCall]) -> _DecoderInputs:
-        first = calls[0]
-        if len(calls) == 1:
-            return _DecoderInputs(
-                first.encoded.features,
-                first.grounding,
-                first.spatial_tokens,
-                first.previous,
-                first.query_choices,
-            )
-        features = [call.encoded.features for call in calls]
-        return _DecoderInputs(
-            features=PixelFeatures(
-                mask_features=torch.cat([feature.mask_features for feature in features]),
-                multi_scale_features=[
-                    torch.cat([feature.multi_scale_features[level] for feature in features])
-                    for level in range(len(first.encoded.features.multi_scale_features))
-                ],
-            ),
-            grounding=None
-            if first.grounding is None
-            else GroundingTokens.stack([call.grounding for call in calls]),
-            spatial_tokens=None
-            if first.spatial_tokens is None
-            else stack_spatial_tokens([call.spatial_tokens for call in calls]),
-            previous=None if first.previous is None else torch.cat([call.previous for call in calls]),
-            query_choices=None
-            if first.query_choices is None
-            else QueryChoices.stack([call.query_choices for call in calls]),
+            inputs.previous_masks is not None,
         )
 
 
@@ -236,7 +187,6 @@ class SeemPredictor:
         vocabulary: classes for generic segmentation and labels (COCO panoptic by default).
         device: where the model runs.
         short_side: the model input's shorter side in pixels (the demo uses 512).
-        half_precision: run under fp16 autocast (CUDA only).
         panoptic: thresholds of the generic segmentation.
         mask_threshold: a pixel is in a target's mask when sigmoid(mask logit) > mask_threshold, in (0, 1);
             in panoptic output a pixel counts toward its segment when its probability reaches it (the
@@ -257,7 +207,6 @@ class SeemPredictor:
         vocabulary: Vocabulary = COCO_PANOPTIC,
         device: str | torch.device = "cpu",
         short_side: int = 512,
-        half_precision: bool = False,
         panoptic: PanopticSettings | None = None,
         mask_threshold: float = 0.5,
         click_radius: float = 4.0,
@@ -266,12 +215,9 @@ class SeemPredictor:
         decoder_backend: DecoderBackend | None = None,
     ) -> None:
         self.device = torch.device(device)
-        if half_precision and self.device.type != "cuda":
-            raise ValueError("half precision needs a CUDA device")
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.model.language_encoder.tokenizer = tokenizer
-        self.half_precision = half_precision
         # SAM-ViT inputs must fit the ViT's fixed square; for the others the long side is capped so an
         # extreme aspect ratio cannot blow the model input up (8 x 4096 would become 512 x 262144).
         max_long_side = model.fixed_input_size or max(MAX_LONG_SIDE, 2 * short_side)
@@ -292,6 +238,7 @@ class SeemPredictor:
         self._encode_timings: dict[str, float] = {}
         self.image_encoder = image_encoder
         self.decoder_backend = decoder_backend
+        self._pytorch_decoder = TorchDecoder(self.model)
 
     # ------------------------------------------------------------------ state
     def set_vocabulary(self, vocabulary: Vocabulary) -> None:
@@ -305,9 +252,6 @@ class SeemPredictor:
 
     def describe(self) -> dict[str, str]:
         return {"device": str(self.device), "vocabulary_size": str(len(self.vocabulary.names))}
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half_precision)
 
     def _model_input(self, rgb: np.ndarray) -> tuple[Tensor, tuple[int, int]]:
         """The padded, normalised (1, 3, H', W') model input of an RGB image, and its resized (H, W)."""
@@ -324,19 +268,15 @@ class SeemPredictor:
             self._synchronize()
             timings["image_encoder"] = time.perf_counter() - start
             return features
-        with self._autocast():
-            start = time.perf_counter()
-            backbone_features = self.model.backbone(padded)
-            self._synchronize()
-            timings["backbone"] = time.perf_counter() - start
-            start = time.perf_counter()
-            features = self.model.sem_seg_head.pixel_decoder(backbone_features)
-            self._synchronize()
-            timings["pixel_decoder"] = time.perf_counter() - start
-        return PixelFeatures(
-            mask_features=features.mask_features.float(),
-            multi_scale_features=[level.float() for level in features.multi_scale_features],
-        )
+        start = time.perf_counter()
+        backbone_features = self.model.backbone(padded)
+        self._synchronize()
+        timings["backbone"] = time.perf_counter() - start
+        start = time.perf_counter()
+        features = self.model.sem_seg_head.pixel_decoder(backbone_features)
+        self._synchronize()
+        timings["pixel_decoder"] = time.perf_counter() - start
+        return features
 
     @torch.inference_mode()
     def encode(self, rgb: np.ndarray) -> EncodedImage:
@@ -531,19 +471,23 @@ class SeemPredictor:
             query_choices = self.model.decoder.draw_query_choices(
                 spatial_tokens.num_prompts, previous is not None, generator
             )
+        inputs = DecoderInputs(
+            encoded.features,
+            self.vocabulary_cache.embeddings(vocabulary),
+            grounding=grounding,
+            spatial_tokens=spatial_tokens,
+            previous_masks=previous,
+            query_choices=query_choices,
+        )
         return _DecoderCall(
             encoded=encoded,
             targets=targets,
             vocabulary=vocabulary,
-            class_embeddings=self.vocabulary_cache.embeddings(vocabulary),
+            inputs=inputs,
             visual_ids=visual_ids,
             text_ids=text_ids,
             text_index=text_index,
             sentence_embeddings=sentence_embeddings,
-            grounding=grounding,
-            spatial_tokens=spatial_tokens,
-            previous=previous,
-            query_choices=query_choices,
             prepare_seconds=time.perf_counter() - start,
         )
 
@@ -617,30 +561,23 @@ class SeemPredictor:
     def _predict_calls(
         self, calls: Sequence[_DecoderCall], generics: Sequence[bool], timings: Sequence[dict[str, float]]
     ) -> list[Prediction | Exception]:
-        """Decode calls of one layout in one pass where the decoder backend takes them together (else one
-        by one), then read each frame's answer; a failed pass fails its frames, a failed answer its own."""
-        backend = self.decoder_backend
-        precision = "fp16" if self.half_precision else "fp32"
-        if len(calls) > 1 and backend is None and not pytorch_decodes_batches(self.device, precision):
+        """Decode calls of one layout in one pass where a decoder takes them together (the backend, else
+        PyTorch; else one by one), then read each frame's answer; a failed pass fails its frames, a failed
+        answer its own."""
+        inputs = DecoderInputs.stack([call.inputs for call in calls])
+        decoder = next(
+            (
+                decoder
+                for decoder in (self.decoder_backend, self._pytorch_decoder)
+                if decoder is not None and decoder.supports(inputs)
+            ),
+            None,
+        )
+        if decoder is None:
             return self._predict_one_by_one(calls, generics, timings)
-        inputs = _DecoderInputs.of(calls)
-        decode = functools.partial(self.model.decode, final_only=True)  # the final step is all it reads
-        if backend is not None:
-            if backend.supports(inputs.features, inputs.grounding, inputs.spatial_tokens, inputs.previous):
-                decode = backend
-            elif len(calls) > 1:
-                return self._predict_one_by_one(calls, generics, timings)
         start = time.perf_counter()
         try:
-            with self._autocast():
-                output = decode(
-                    inputs.features,
-                    calls[0].class_embeddings,
-                    grounding=inputs.grounding,
-                    spatial_tokens=inputs.spatial_tokens,
-                    previous_masks=inputs.previous,
-                    query_choices=inputs.query_choices,
-                )
+            output = decoder(inputs)
             self._synchronize()
         except Exception as error:  # the calls share one pass: every frame of it failed
             return [error] * len(calls)
@@ -707,7 +644,9 @@ class SeemPredictor:
                 query = int(similarity[:, column].argmax())
                 chosen[i] = (final.grounding_masks[row, query], final.grounding_class_embeddings[row, query])
         results = [
-            self._target_result(encoded, call.vocabulary, call.class_embeddings, targets[i], *chosen[i])
+            self._target_result(
+                encoded, call.vocabulary, call.inputs.class_text_embeddings, targets[i], *chosen[i]
+            )
             for i in range(len(targets))
         ]
         generic_result = None

@@ -43,12 +43,11 @@ import torch
 from torch import Tensor, nn
 
 from seem_ros.cache import default_cache_dir
-from seem_ros.engine.backends import pytorch_decodes_batches, required_query_choices
+from seem_ros.engine.backends import DecoderInputs, pytorch_decodes_batches
 from seem_ros.engine.weights import MappedPages
-from seem_ros.model.decoder import DecoderOutput, GroundingTokens, QueryChoices
+from seem_ros.model.decoder import DecoderOutput
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.seem import SEEM
-from seem_ros.model.spatial_prompts import SpatialPromptTokens
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPUINFO = Path("/proc/cpuinfo")
@@ -237,17 +236,16 @@ def token_bucket(count: int) -> int:
     return -(-count // TOKEN_BUCKETS[-1]) * TOKEN_BUCKETS[-1]
 
 
-def _bucketed(
-    grounding: GroundingTokens | None, spatial_tokens: SpatialPromptTokens | None
-) -> tuple[GroundingTokens | None, SpatialPromptTokens | None]:
-    """The prompt tokens padded to their buckets (the decoder's answer is unchanged)."""
+def _bucketed(inputs: DecoderInputs) -> DecoderInputs:
+    """The pass with its prompt tokens padded to their buckets (the decoder's answer is unchanged)."""
+    grounding, spatial_tokens = inputs.grounding, inputs.spatial_tokens
     if grounding is not None:
         grounding = grounding.padded_to(token_bucket(grounding.tokens.shape[0]))
     if spatial_tokens is not None:
         spatial_tokens = spatial_tokens.padded_to(
             [token_bucket(level.shape[0]) for level in spatial_tokens.level_tokens]
         )
-    return grounding, spatial_tokens
+    return replace(inputs, grounding=grounding, spatial_tokens=spatial_tokens)
 
 
 def _owned_fp32(tensor: Tensor, copy: bool, keep_layout: bool = False) -> Tensor:
@@ -261,66 +259,56 @@ def _owned_fp32(tensor: Tensor, copy: bool, keep_layout: bool = False) -> Tensor
 
 
 class TorchDecoder:
-    """`SEEM.decode` in PyTorch (`DecoderBackend`): every call of one image, batches where one pass pays."""
+    """`SEEM.decode` in PyTorch (`DecoderBackend`): every pass of one image, and batches where one pass pays.
 
-    def __init__(self, model: SEEM, acceleration: TorchAcceleration | None = None) -> None:
+    batches: whether it decodes several images in one pass; None = where that pays
+    (`pytorch_decodes_batches`: on a GPU, and on the CPU in a reduced precision).
+    """
+
+    def __init__(
+        self, model: SEEM, acceleration: TorchAcceleration | None = None, batches: bool | None = None
+    ) -> None:
         self.acceleration = acceleration or TorchAcceleration()
         self.model = model
         self.name = self.acceleration.name
+        self.batches = batches
         self._decode = self.acceleration.wrap(model.decode)
 
-    def supports(
-        self,
-        features: PixelFeatures,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-    ) -> bool:
-        """Every call of one image; several images where one pass pays (`pytorch_decodes_batches`)."""
-        mask_features = features.mask_features
-        return mask_features.shape[0] == 1 or pytorch_decodes_batches(
-            mask_features.device, self.acceleration.precision
-        )
+    def supports(self, inputs: DecoderInputs) -> bool:
+        """Every pass of one image; several images as `batches` says."""
+        if inputs.batch_size == 1:
+            return True
+        if self.batches is not None:
+            return self.batches
+        return pytorch_decodes_batches(inputs.features.mask_features.device, self.acceleration.precision)
 
     @torch.inference_mode()
-    def __call__(
-        self,
-        features: PixelFeatures,
-        class_text_embeddings: Tensor,
-        grounding: GroundingTokens | None = None,
-        spatial_tokens: SpatialPromptTokens | None = None,
-        previous_masks: Tensor | None = None,
-        query_choices: QueryChoices | None = None,
-    ) -> DecoderOutput:
-        """As `SEEM.decode`, with the pass's random choices drawn by the caller (needed with spatial
-        tokens). `predictions` holds only the final step (`final_only`: the earlier steps' full-size
-        masks are not computed); under autocast or CUDA graphs in fp32 and owned by the caller.
+    def __call__(self, inputs: DecoderInputs) -> DecoderOutput:
+        """As `SEEM.decode`, with the pass's random choices drawn by the caller. `predictions` holds only the
+        final step (`final_only`: the earlier steps' full-size masks are not computed); under autocast or
+        CUDA graphs in fp32 and owned by the caller.
 
         Compiled, the prompt tokens are padded to a bucket (`token_bucket`): a graph is compiled per
         bucket, not per count of a click's pixels or a sentence's words. The choices go up to the device
         with the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw
         inside it would split it in five, each split a wait for the device)."""
-        device = features.mask_features.device
+        device = inputs.features.mask_features.device
         self.acceleration.check_device(device)
-        query_choices = required_query_choices(spatial_tokens, query_choices)
         if self.acceleration.compile:
-            grounding, spatial_tokens = _bucketed(grounding, spatial_tokens)
-        if self.acceleration.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
+            inputs = _bucketed(inputs)
+        if inputs.query_choices is not None:
+            inputs = replace(inputs, query_choices=inputs.query_choices.to(device))
         reduced = PRECISIONS[self.acceleration.precision]
         if reduced is not None:
             # cast once here rather than by autocast at each of the decoder's mask predictions
-            features = replace(features, mask_features=features.mask_features.to(reduced))
-        with self.acceleration.autocast(device):
-            output = self._decode(
-                features,
-                class_text_embeddings,
-                grounding=grounding,
-                spatial_tokens=spatial_tokens,
-                previous_masks=previous_masks,
-                query_choices=None if query_choices is None else query_choices.to(device),
-                final_only=True,
+            features = inputs.features
+            inputs = replace(
+                inputs, features=replace(features, mask_features=features.mask_features.to(reduced))
             )
+        if self.acceleration.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.acceleration.autocast(device):
+            output = self._decode(**inputs.arguments(), final_only=True)
         if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
             return output
         copy = self.acceleration.cuda_graphs
