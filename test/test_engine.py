@@ -35,6 +35,7 @@ from seem_ros.engine.session import SessionSettings
 from seem_ros.engine.torch_backend import TorchDecoder
 from seem_ros.engine.vocabulary_cache import Vocabulary, VocabularyCache
 from seem_ros.model.decoder import DecoderOutput
+from seem_ros.model.features import PixelFeatures
 from seem_ros.model.postprocess import resize_mask_logits
 from seem_ros.model.seem import SEEM
 from seem_ros.model.tokenizer import ClipTokenizer
@@ -258,6 +259,27 @@ def test_encode_once_predict_many(predictor: SeemPredictor, coffee: np.ndarray) 
         assert [(s.label, s.area) for s in generic.segments] == [
             (s.label, s.area) for s in first.generic.segments
         ]
+
+
+def test_an_encoder_batchs_images_join_a_decoder_pass_without_a_copy(
+    predictor: SeemPredictor, coffee: np.ndarray
+) -> None:
+    """Frames encoded in one pass and decoded in one pass hand the decoder the encoder's batch itself; a
+    pass over some of them gets a copy; both hold what `torch.cat` would."""
+    encoded = [image for image, _ in predictor.encode_batch([coffee, coffee[::-1], coffee[:, ::-1]])]
+    features = [image.features for image in encoded]
+
+    def maps(part: PixelFeatures) -> list[torch.Tensor]:
+        return [part.mask_features, *part.multi_scale_features]
+
+    every = maps(PixelFeatures.concatenate(features))
+    some = maps(PixelFeatures.concatenate(features[::2]))
+    for level, (joined, picked) in enumerate(zip(every, some, strict=True)):
+        parts = [maps(part)[level] for part in features]
+        assert joined.data_ptr() == parts[0].data_ptr()
+        assert torch.equal(joined, torch.cat(parts))
+        assert picked.data_ptr() != parts[0].data_ptr()
+        assert torch.equal(picked, torch.cat(parts[::2]))
 
 
 def test_deterministic_across_predictor_instances(

@@ -404,3 +404,66 @@ def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(pho
         SegmenterConfig("focalt_tiny", cuda_graphs=True)
     with pytest.raises(ValueError, match="apply to the torch backend"):
         SegmenterConfig("focalt_tiny", backend="onnx", compile=True)
+
+
+def _three_cameras_pass(model, tokenizer, photo: np.ndarray) -> DecoderInputs:
+    """One decoder pass over three cameras' frames, each with a click carried by its memory prompt (clicks
+    at different places: different numbers of prompt tokens) and a sentence of its own length."""
+    predictor = SeemPredictor(model, tokenizer, short_side=96)
+    views = (photo, photo[:, ::-1], photo[::-1])
+    sentences = ("the red cup", "a cup", "the white saucer under the cup on the table")
+    calls = []
+    for index, (view, sentence) in enumerate(zip(views, sentences, strict=True)):
+        encoded = predictor.encode(np.ascontiguousarray(view))
+        previous = torch.randn(
+            encoded.features.mask_features.shape[-2:], generator=torch.Generator().manual_seed(index)
+        )
+        targets = [
+            Target(visual=(ClickPrompt(60.0 - 25.0 * index, 40.0),)),
+            Target(text=TextPrompt(sentence)),
+        ]
+        calls.append(predictor._decoder_call(encoded, targets, [previous, None], index, predictor.vocabulary))
+    return DecoderInputs.stack([call.inputs for call in calls])
+
+
+DECODED_PER_IMAGE = (
+    "object_logits",
+    "object_masks",
+    "grounding_masks",
+    "spatial_masks",
+    "spatial_mask_embeddings",
+)
+
+
+def test_copies_of_the_last_image_change_no_images_answer(model, tokenizer, photo):
+    """What a compiled pass runs with (`batch_bucket`): three cameras' pass padded to four images."""
+    inputs = _three_cameras_pass(model, tokenizer, photo)
+    decoder = TorchDecoder(model, batches=True)
+    alone = decoder(inputs).final
+    padded = decoder(inputs.select_images(torch.tensor([0, 1, 2, 2]))).final
+    for name in DECODED_PER_IMAGE:
+        torch.testing.assert_close(getattr(padded, name)[:3], getattr(alone, name), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(getattr(padded, name)[3], getattr(alone, name)[2], atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_passes_of_three_and_four_cameras_run_one_graph_each_way(model, tokenizer, photo):
+    """Three cameras' frames run the graphs of four (`batch_bucket`), and get the eager answers."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.inference_mode():  # as the predictor runs its backends: inference tensors throughout
+        acceleration = TorchAcceleration(compile=True)
+        images = torch.randn(4, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+        encoder = TorchImageEncoder(model, acceleration)
+        for count in (3, 4):
+            want, got = TorchImageEncoder(model)(images[:count]), encoder(images[:count])
+            assert got.mask_features.shape[0] == count
+            torch.testing.assert_close(got.mask_features, want.mask_features, atol=1e-4, rtol=1e-4)
+        three = _three_cameras_pass(model, tokenizer, photo)
+        compiled, eager = TorchDecoder(model, acceleration, batches=True), TorchDecoder(model, batches=True)
+        for inputs in (three, three.select_images(torch.tensor([0, 1, 2, 0]))):
+            want, got = eager(inputs).final, compiled(inputs).final
+            for name in DECODED_PER_IMAGE:
+                assert getattr(got, name).shape == getattr(want, name).shape
+                torch.testing.assert_close(getattr(got, name), getattr(want, name), atol=1e-4, rtol=1e-4)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    torch._dynamo.reset()

@@ -55,22 +55,27 @@ class DecoderInputs:
         """The inputs as keyword arguments of `SEEM.decode`."""
         return {item.name: getattr(self, item.name) for item in fields(self)}
 
+    def select_images(self, index: Tensor) -> DecoderInputs:
+        """The pass over images `index` ((B',) long, repeats allowed) of this one, in that order."""
+        return DecoderInputs(
+            features=self.features.select_images(index),
+            class_text_embeddings=self.class_text_embeddings,
+            grounding=None if self.grounding is None else self.grounding.select_images(index),
+            spatial_tokens=None if self.spatial_tokens is None else self.spatial_tokens.select_images(index),
+            previous_masks=None if self.previous_masks is None else self.previous_masks[index],
+            query_choices=None if self.query_choices is None else self.query_choices.select_images(index),
+        )
+
     @staticmethod
     def stack(passes: Sequence[DecoderInputs]) -> DecoderInputs:
         """One pass over the images of `passes` (one image each, the same vocabulary and query groups):
-        features concatenated, each image's prompt tokens padded to the longest, its own random choices."""
+        features concatenated (without a copy where they are one encoder batch's consecutive images), each
+        image's prompt tokens padded to the longest, its own random choices."""
         first = passes[0]
         if len(passes) == 1:
             return first
-        features = [inputs.features for inputs in passes]
         return DecoderInputs(
-            features=PixelFeatures(
-                mask_features=torch.cat([feature.mask_features for feature in features]),
-                multi_scale_features=[
-                    torch.cat([feature.multi_scale_features[level] for feature in features])
-                    for level in range(len(first.features.multi_scale_features))
-                ],
-            ),
+            features=PixelFeatures.concatenate([inputs.features for inputs in passes]),
             class_text_embeddings=first.class_text_embeddings,
             grounding=None
             if first.grounding is None

@@ -20,10 +20,11 @@ predictor treats every backend alike. The accelerations are for CUDA devices (bf
   features' error against fp32 is the same to four digits), and its features are handed on in that
   layout.
 - compile: `torch.compile` (inductor, Triton kernels on CUDA) of the image encoder and of the decoder.
-  Shapes are static: a graph is compiled per padded input size (a camera has one) and, for the decoder,
-  per prompt layout (number of text, visual and memory targets; their tokens padded to one of a few
-  sizes). Dynamo's recompile limit bounds how many layouts are compiled; beyond it a call runs eagerly,
-  never fails. What is compiled is kept in seem_ros's cache (`keep_compiled_code`), so a later start of
+  Shapes are static: a graph is compiled per padded input size (a camera has one), per number of images
+  in a pass (several cameras' frames; padded to 1, 2, 4 or 8 images) and, for the decoder, per prompt
+  layout (number of text, visual and memory targets; their tokens padded to one of a few sizes).
+  Dynamo's recompile limit bounds how many layouts are compiled; beyond it a call runs eagerly, never
+  fails. What is compiled is kept in seem_ros's cache (`keep_compiled_code`), so a later start of
   the same model and shapes loads it instead of compiling again.
 - cuda_graphs: the compiled graphs are recorded as CUDA graphs and replayed (inductor's
   "reduce-overhead" mode), which removes the per-kernel launch cost that dominates a small decoder.
@@ -53,6 +54,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 CPUINFO = Path("/proc/cpuinfo")
 BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
 TOKEN_BUCKETS = (128, 256, 512, 1024)
+BATCH_BUCKETS = (1, 2, 4, 8)
 COMPILED_CODE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 """Where inductor keeps what torch.compile compiled; read each time it looks for or stores code."""
 
@@ -202,17 +204,21 @@ class TorchImageEncoder:
         by the caller (not reused by a later call), in the layout the pixel decoder computed them in:
         channels-last for bf16 on the CPU (turning those maps contiguous took 60 ms of a 870 ms Focal-T
         frame; the decoder reads them as they lie)."""
-        self.acceleration.check_device(padded_images.device)
-        self._lay_out_pixel_decoder(padded_images.device)
+        device = padded_images.device
+        self.acceleration.check_device(device)
+        self._lay_out_pixel_decoder(device)
+        count = padded_images.shape[0]
+        if self.acceleration.compile and count != batch_bucket(count):
+            padded_images = padded_images[_batch_index(count, device)]
         if self.acceleration.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with self.acceleration.autocast(padded_images.device):
+        with self.acceleration.autocast(device):
             features = self._encode(padded_images)
         owned = self.acceleration.cuda_graphs or self.acceleration.precision != "fp32"
         return PixelFeatures(
-            mask_features=_owned_fp32(features.mask_features, owned, keep_layout=True),
+            mask_features=_owned_fp32(features.mask_features[:count], owned, keep_layout=True),
             multi_scale_features=[
-                _owned_fp32(level, owned, keep_layout=True) for level in features.multi_scale_features
+                _owned_fp32(level[:count], owned, keep_layout=True) for level in features.multi_scale_features
             ],
         )
 
@@ -230,14 +236,35 @@ def token_bucket(count: int) -> int:
     then multiples of 1024 (a click's disk is about 70 pixels of the model input, one target's strokes
     or mask at most 1024 points per level: 4 sizes; extra tokens cost the decoder little, a compilation
     costs minutes)."""
-    for bucket in TOKEN_BUCKETS:
+    return _bucket(count, TOKEN_BUCKETS)
+
+
+def batch_bucket(count: int) -> int:
+    """The number of images a compiled encoder or decoder runs with for `count` images (cameras whose
+    frames one step serves together): 1, 2, 4 or 8, then multiples of 8. A graph is compiled per bucket,
+    not per number of cameras that a step happens to serve; the extra images, copies of the last, cost
+    their compute (a step of 3 cameras runs 4 images)."""
+    return _bucket(count, BATCH_BUCKETS)
+
+
+def _bucket(count: int, buckets: tuple[int, ...]) -> int:
+    """The first of `buckets` that holds `count`, then multiples of the last."""
+    for bucket in buckets:
         if count <= bucket:
             return bucket
-    return -(-count // TOKEN_BUCKETS[-1]) * TOKEN_BUCKETS[-1]
+    return -(-count // buckets[-1]) * buckets[-1]
+
+
+def _batch_index(count: int, device: torch.device) -> Tensor:
+    """Rows 0..count-1, then the last row again up to `batch_bucket(count)` rows."""
+    return torch.arange(batch_bucket(count), device=device).clamp(max=count - 1)
 
 
 def _bucketed(inputs: DecoderInputs) -> DecoderInputs:
-    """The pass with its prompt tokens padded to their buckets (the decoder's answer is unchanged)."""
+    """The pass with its prompt tokens padded to their buckets and its images to their bucket (copies of
+    the last image): the decoder's answer for each image is unchanged."""
+    if inputs.batch_size != batch_bucket(inputs.batch_size):
+        inputs = inputs.select_images(_batch_index(inputs.batch_size, inputs.features.mask_features.device))
     grounding, spatial_tokens = inputs.grounding, inputs.spatial_tokens
     if grounding is not None:
         grounding = grounding.padded_to(token_bucket(grounding.tokens.shape[0]))
@@ -288,12 +315,14 @@ class TorchDecoder:
         final step (`final_only`: the earlier steps' full-size masks are not computed); under autocast or
         CUDA graphs in fp32 and owned by the caller.
 
-        Compiled, the prompt tokens are padded to a bucket (`token_bucket`): a graph is compiled per
-        bucket, not per count of a click's pixels or a sentence's words. The choices go up to the device
+        Compiled, the prompt tokens are padded to a bucket (`token_bucket`) and the images to theirs
+        (`batch_bucket`): a graph is compiled per bucket, not per count of a click's pixels, a sentence's
+        words or the cameras a step serves. The choices go up to the device
         with the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw
         inside it would split it in five, each split a wait for the device)."""
         device = inputs.features.mask_features.device
         self.acceleration.check_device(device)
+        requested = inputs
         if self.acceleration.compile:
             inputs = _bucketed(inputs)
         if inputs.query_choices is not None:
@@ -309,18 +338,23 @@ class TorchDecoder:
             torch.compiler.cudagraph_mark_step_begin()
         with self.acceleration.autocast(device):
             output = self._decode(**inputs.arguments(), final_only=True)
-        if self.acceleration.precision == "fp32" and not self.acceleration.cuda_graphs:
+        count = requested.batch_size
+        if (
+            count == inputs.batch_size
+            and self.acceleration.precision == "fp32"
+            and not self.acceleration.cuda_graphs
+        ):
             return output
         copy = self.acceleration.cuda_graphs
         final = replace(
             output.final,
             **{
-                item.name: _owned_fp32(value, copy)
+                item.name: _owned_fp32(value[:count], copy)
                 for item in fields(output.final)
                 if isinstance(value := getattr(output.final, item.name), Tensor)
             },
         )
-        return replace(output, predictions=[final])
+        return DecoderOutput([final], requested.spatial_tokens, requested.query_choices)
 
 
 def torch_backends(model: SEEM, acceleration: TorchAcceleration) -> tuple[TorchImageEncoder, TorchDecoder]:

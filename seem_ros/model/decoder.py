@@ -55,6 +55,10 @@ class GroundingTokens:
             F.pad(self.tokens, (0, 0, 0, 0, 0, extra)), F.pad(self.padding, (0, extra), value=True)
         )
 
+    def select_images(self, index: Tensor) -> GroundingTokens:
+        """The tokens of images `index` ((B',) long, repeats allowed), in that order."""
+        return GroundingTokens(self.tokens[:, index], self.padding[index])
+
     @staticmethod
     def stack(parts: Sequence[GroundingTokens]) -> GroundingTokens:
         """The tokens of several images (one each) as one batch, each padded to the longest."""
@@ -104,6 +108,15 @@ class QueryChoices:
         if self.memory_slot_prompt_index is None:
             raise ValueError("a pass with previous_masks needs query choices with memory slots")
         return self.memory_slot_prompt_index
+
+    def select_images(self, index: Tensor) -> QueryChoices:
+        """The choices of images `index` ((B',) long, repeats allowed) of a batched pass; choices shared by
+        every image stay shared."""
+        spatial, slots = self.spatial_query_index, self.memory_slot_prompt_index
+        return QueryChoices(
+            spatial if spatial.dim() == 1 else spatial[index],
+            slots if slots is None or slots.dim() == 2 else slots[:, index],
+        )
 
     @staticmethod
     def stack(choices: Sequence[QueryChoices]) -> QueryChoices:

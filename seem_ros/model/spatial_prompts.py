@@ -64,6 +64,16 @@ class SpatialPromptTokens:
             indices.append(F.pad(self.level_prompt_index[level], (0, 0, 0, extra), value=-1.0))
         return SpatialPromptTokens(self.mean_positive, self.mean_negative, tokens, paddings, indices)
 
+    def select_images(self, index: Tensor) -> SpatialPromptTokens:
+        """The prompts of images `index` ((B',) long, repeats allowed), in that order."""
+        return SpatialPromptTokens(
+            mean_positive=self.mean_positive[:, index],
+            mean_negative=self.mean_negative[:, index],
+            level_tokens=[tokens[:, index] for tokens in self.level_tokens],
+            level_padding=[padding[index] for padding in self.level_padding],
+            level_prompt_index=[prompt_index[index] for prompt_index in self.level_prompt_index],
+        )
+
 
 @dataclass
 class PromptPoints:
