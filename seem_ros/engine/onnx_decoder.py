@@ -27,11 +27,7 @@ from seem_ros.engine.onnx_backend import buffer_device, cached_export, checked_p
 from seem_ros.export.decoder import DECODER_EXPORT_FORMAT_VERSION, DecoderGraphKind, export_and_check_decoder
 from seem_ros.export.onnx_file import DEFAULT_OPSET, ExportCheck, session_options
 from seem_ros.export.shared_weights import SharedInitializers
-from seem_ros.model.decoder import (
-    DecoderOutput,
-    DecoderPrediction,
-    SEEMDecoder,
-)
+from seem_ros.model.decoder import DecoderOutput, DecoderPrediction, SEEMDecoder
 from seem_ros.model.seem import SEEM
 
 if TYPE_CHECKING:

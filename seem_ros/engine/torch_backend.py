@@ -317,9 +317,9 @@ class TorchDecoder:
 
         Compiled, the prompt tokens are padded to a bucket (`token_bucket`) and the images to theirs
         (`batch_bucket`): a graph is compiled per bucket, not per count of a click's pixels, a sentence's
-        words or the cameras a step serves. The choices go up to the device
-        with the inputs: the decoder itself draws nothing, so a compiled decoder is one graph (a draw
-        inside it would split it in five, each split a wait for the device)."""
+        words or the cameras a step serves. The choices go up to the device with the inputs: the decoder
+        itself draws nothing, so a compiled decoder is one graph (a draw inside it would split it in
+        five, each split a wait for the device)."""
         device = inputs.features.mask_features.device
         self.acceleration.check_device(device)
         requested = inputs
