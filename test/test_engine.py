@@ -45,13 +45,7 @@ CUP_CLICK = ClickPrompt(300.0, 190.0)
 """Inside the red cup of skimage's coffee image (400x600)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread; several threads thrash on a busy small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_model(reference_dir: Path) -> SEEM:

@@ -37,13 +37,7 @@ WHITE_AREA_LIMIT = 10_000
 """On white frames the tiny model's masks stay below this many pixels, on the clip's frames above it."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is fastest on one thread; several threads thrash on a busy small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
