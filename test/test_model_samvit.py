@@ -237,3 +237,28 @@ def test_deformable_attention_in_chunks_of_queries_equals_all_at_once(
     monkeypatch.setattr(deformable_pixel_decoder, "CPU_QUERIES_PER_CHUNK", 64)  # 64, 64 and 22 queries
     in_chunks = deformable_pixel_decoder.multi_scale_deformable_attention(value, shapes, locations, weights)
     assert torch.equal(in_chunks, all_at_once)
+
+
+def test_compiled_deformable_attention_samples_all_queries_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torch.compile the queries are not taken in chunks: dynamo traces one grid sample per level,
+    not one per level and chunk (SAM-ViT-B's pixel decoder in chunks: 21 chunks in each of 6 layers,
+    which inductor compiled for more than 15 minutes on a 2-core CPU; at once, in about a minute)."""
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(12, 10), (6, 5), (3, 3)]
+    batch, heads, head_dim, queries, points = 1, 2, 4, 150, 2
+    value = torch.randn(batch, sum(h * w for h, w in shapes), heads, head_dim, generator=generator)
+    locations = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=generator)
+    weights = torch.rand(batch, queries, heads, len(shapes), points, generator=generator)
+    attention = deformable_pixel_decoder.multi_scale_deformable_attention
+    monkeypatch.setattr(deformable_pixel_decoder, "CPU_QUERIES_PER_CHUNK", 64)
+    explanation = torch._dynamo.explain(attention)(value, shapes, locations, weights)
+    grid_samples = [
+        node
+        for graph in explanation.graphs
+        for node in graph.graph.nodes
+        if node.op == "call_function" and node.target is torch.nn.functional.grid_sample
+    ]
+    assert explanation.graph_count == 1
+    assert len(grid_samples) == len(shapes)
+    torch._dynamo.reset()
