@@ -44,11 +44,34 @@ def test_tokens_of_sampled_points() -> None:
     dim = 4
     mask_features = torch.randn(1, dim, 4, 6)
     sizes = [(1, 1), (1, 2), (2, 3)]
-    sources = [torch.randn(height * width, 1, dim) for height, width in sizes]
+    levels = [torch.randn(1, dim, height, width) for height, width in sizes]
     tokens = encode_spatial_prompts(
-        points, mask_features, sources, sizes, [torch.eye(dim)] * 3, torch.randn(2, dim)
+        points, mask_features, levels, torch.randn(3, dim), [torch.eye(dim)] * 3, torch.randn(2, dim)
     )
     assert tokens.num_prompts == 3
     assert torch.equal(tokens.mean_positive[1], -torch.ones(1, dim))  # the empty prompt
     assert torch.equal(tokens.mean_negative, -torch.ones(3, 1, dim))
     assert [level.shape for level in tokens.level_tokens] == [(8, 1, dim)] * 3
+
+
+def test_level_tokens_sample_the_decoder_memory_the_official_code_projects() -> None:
+    """Each level's tokens are the official ones: its decoder memory (map + level embedding) projected, then
+    read at the points; here the map and its embedding are read and projected instead."""
+    masks = _masks()
+    points = sample_spatial_prompt_points(masks, torch.zeros_like(masks), [30, 30, 30, 12], None)
+    generator = torch.Generator().manual_seed(0)
+    dim, sizes = 8, [(4, 6), (8, 12), (16, 24)]
+    levels = [torch.randn(1, dim, height, width, generator=generator) for height, width in sizes]
+    embeddings = torch.randn(3, dim, generator=generator)
+    projections = [torch.randn(dim, dim, generator=generator) for _ in sizes]
+    indicator = torch.zeros(2, dim)
+    tokens = encode_spatial_prompts(
+        points, torch.randn(1, dim, 16, 24), levels, embeddings, projections, indicator
+    )
+    for level, (level_map, tokens_of_level) in enumerate(zip(levels, tokens.level_tokens, strict=True)):
+        memory = level_map + embeddings[level][None, :, None, None]
+        projected = torch.einsum("bchw,cd->bdhw", memory, projections[level])
+        rows = points.level_positive[level].rows
+        grid = (2.0 * rows[None, :, 1:].flip(-1) - 1.0).unsqueeze(2)
+        want = torch.nn.functional.grid_sample(projected, grid, align_corners=True)[0, :, :, 0].T
+        torch.testing.assert_close(tokens_of_level[:, 0], want, rtol=1e-5, atol=1e-5)

@@ -309,13 +309,13 @@ class SEEMDecoder(nn.Module):
 
         positive_masks, negative_masks: (n, H', W') bool at the padded input size.
         """
-        sources, sizes = self.level_sources(multi_scale_features)
-        return self._spatial_tokens(sources, sizes, mask_features, positive_masks, negative_masks, generator)
+        return self._spatial_tokens(
+            multi_scale_features, mask_features, positive_masks, negative_masks, generator
+        )
 
     def _spatial_tokens(
         self,
-        sources: list[Tensor],
-        sizes: list[tuple[int, int]],
+        multi_scale_features: list[Tensor],
         mask_features: Tensor,
         positive_masks: Tensor,
         negative_masks: Tensor,
@@ -325,7 +325,12 @@ class SEEMDecoder(nn.Module):
             positive_masks, negative_masks, self.max_spatial_points, generator
         )
         return encode_spatial_prompts(
-            points, mask_features, sources, sizes, list(self.mask_sptial_embed), self.pn_indicator.weight
+            points,
+            mask_features,
+            multi_scale_features,
+            self.level_embed.weight,
+            list(self.mask_sptial_embed),
+            self.pn_indicator.weight,
         )
 
     # ------------------------------------------------------------------ forward
@@ -392,7 +397,9 @@ class SEEMDecoder(nn.Module):
         sequence.position["object"] = object_position
 
         if spatial_masks is not None:
-            spatial_tokens = self._spatial_tokens(sources, sizes, mask_features, *spatial_masks, generator)
+            spatial_tokens = self._spatial_tokens(
+                multi_scale_features, mask_features, *spatial_masks, generator
+            )
         slot_prompts: list[Tensor] = []
         if spatial_tokens is not None:
             if query_choices is None:

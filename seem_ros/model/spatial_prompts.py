@@ -210,15 +210,15 @@ def _point_features(features: Tensor, rows: Tensor) -> Tensor:
 def encode_spatial_prompts(
     points: SpatialPromptPoints,
     mask_features: Tensor,
-    level_sources: list[Tensor],
-    level_sizes: list[tuple[int, int]],
+    level_features: list[Tensor],
+    level_embeddings: Tensor,
     level_projections: list[Tensor],
     positive_negative_embedding: Tensor,
 ) -> SpatialPromptTokens:
     """Build the spatial prompt tokens of one image from its sampled points (`sample_spatial_prompt_points`).
 
-    mask_features: (1, D, H'/4, W'/4). level_sources: per level (h_i * w_i, 1, D) decoder memory
-    (features + level embedding, no position embedding), sizes in level_sizes.
+    mask_features: (1, D, H'/4, W'/4). level_features: per decoder level (1, D, h_i, w_i), the maps whose
+    decoder memory (map + level embedding) the official code samples; level_embeddings: (L, D).
     level_projections: per level (D, D) `mask_sptial_embed`. positive_negative_embedding: (2, D).
     Nothing here waits for the device: the points go up in one transfer and every count is on the host.
     """
@@ -232,13 +232,14 @@ def encode_spatial_prompts(
         for group in (points.mean_positive, points.mean_negative)
     ]
     tokens, paddings, indices = [], [], []
-    for level, (source, (height, width)) in enumerate(zip(level_sources, level_sizes, strict=True)):
+    for level, level_map in enumerate(level_features):
         positive, negative = points.level_positive[level], points.level_negative[level]
         rows = torch.cat([positive.rows, negative.rows])
-        # sampled, then projected: bilinear sampling is linear, so this is the official projection of the
-        # whole level sampled, with a product per point instead of per pixel
-        level_map = source.view(height, width, -1).permute(2, 0, 1)[None]
-        level_tokens = _point_features(level_map, rows).permute(2, 0, 1) @ level_projections[level]
+        # sampled, then the level embedding added, then projected: bilinear weights sum to one and sampling
+        # is linear, so this is the official projection of the whole level's memory sampled, with a
+        # product per point instead of per pixel and no copy of the level
+        sampled = _point_features(level_map, rows) + level_embeddings[level][None, :, None]
+        level_tokens = sampled.permute(2, 0, 1) @ level_projections[level]
         indicator = torch.cat(
             [
                 positive_negative_embedding[0:1].expand(len(positive.rows), -1),
