@@ -34,6 +34,7 @@ from seem_ros.export.decoder import (
 from seem_ros.export.onnx_file import raise_if_export_differs
 from seem_ros.export.shared_weights import MIN_SHARED_BYTES, WEIGHTS_FOLDER
 from seem_ros.model.decoder import DecoderOutput, GroundingTokens, attention_mask_samples
+from seem_ros.model.decoder_layers import SelfAttentionLayer
 from seem_ros.model.features import PixelFeatures
 from seem_ros.model.presets import build_preset, randomize_weights
 from seem_ros.model.seem import SEEM
@@ -446,3 +447,52 @@ def test_an_export_that_differs_from_the_model_fails_its_check(tiny_model: SEEM,
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         raise_if_export_differs(path, "generic decoder", checks, 1e-3)
     assert not path.exists()
+
+
+def test_self_attention_updates_only_the_rows_asked_for() -> None:
+    """The rows after `query_rows` are attended to but not updated: the rows before them come out as in
+    the layer's full pass."""
+    torch.manual_seed(0)
+    layer = SelfAttentionLayer(16, 4).eval()
+    sequence, position = torch.randn(2, 11, 2, 16).unbind(0)
+    blocked = torch.rand(2, 11, 11) < 0.3
+    blocked[:, :, 0] = False  # no row fully blocked
+    with torch.no_grad():
+        full = layer(sequence, position, blocked)
+        first_rows = layer(sequence, position, blocked, 7)
+    assert first_rows.shape == (7, 2, 16)
+    torch.testing.assert_close(first_rows, full[:7], atol=1e-6, rtol=0.0)
+
+
+def test_visual_prompt_tokens_are_attended_to_but_never_updated(
+    tiny_model: SEEM, panoptic: dict[str, torch.Tensor]
+) -> None:
+    """Every layer takes its level's prompt tokens afresh, so no layer computes their FFN (a tracked
+    target's tokens are most of the self-attention's rows)."""
+    features = _features(panoptic)
+    height, width = features.mask_features.shape[-2:]
+    positive = torch.zeros(1, 4 * height, 4 * width, dtype=torch.bool)  # the padded input's size
+    positive[:, 20:30, 20:34] = True
+    tokens = tiny_model.encode_spatial_reference(
+        features, positive, torch.zeros_like(positive), torch.Generator().manual_seed(0)
+    )
+    rows_seen = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda _, inputs: rows_seen.append(inputs[0].shape[0]))
+        for layer in tiny_model.decoder.transformer_ffn_layers
+    ]
+    try:
+        with torch.no_grad():
+            tiny_model.decode(
+                features,
+                panoptic["class_text_embeddings"],
+                spatial_tokens=tokens,
+                query_choices=tiny_model.decoder.draw_query_choices(
+                    1, False, torch.Generator().manual_seed(0)
+                ),
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    queries = tiny_model.decoder.query_feat.weight.shape[0] + tiny_model.decoder.queries_per_prompt
+    assert rows_seen == [queries] * tiny_model.decoder.num_layers

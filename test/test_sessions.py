@@ -1,10 +1,10 @@
 """One engine, several streams: sessions over one model, stepped together, with the tiny reference weights.
 
-Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame
-the answer it gets alone (same masks, logits within 1e-4) although frames of one size share the image
-encoder pass and frames of one decoder layout share the decoder pass where the decoder takes batches
-(ONNX Runtime's graphs without targets; PyTorch on a GPU or in bf16, tested here in fp32 with that
-policy); a bad frame fails alone.
+Each stream keeps its own prompts, tracks and vocabulary; a step over several streams gives every frame the
+answer it gets alone (logits within 1e-4, the same masks but for a pixel whose logit lies that close to the
+threshold) although frames of one size share the image encoder pass and frames of one decoder layout share
+the decoder pass where the decoder takes batches (ONNX Runtime's graphs without targets; PyTorch on a GPU or
+in bf16, tested here in fp32 with that policy); a bad frame fails alone.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from seem_ros.engine.vocabulary_cache import Vocabulary
 STREET = Vocabulary.from_names(("person", "bicycle", "car", "road", "tree"), ("person", "bicycle", "car"))
 SHORT_SIDE = 256
 LOGIT_TOLERANCE = 1e-4
+MASK_PIXELS_NEAR_THRESHOLD = 1e-4
+"""The share of a target's mask pixels that may differ: an encoder pass over two frames gives each frame
+features within about 3e-6 of a pass over it alone (the convolutions block their work by batch), so a
+pixel whose logit lies within LOGIT_TOLERANCE of the threshold may fall on the other side of it."""
 
 
 class Recording:
@@ -112,7 +116,7 @@ def _assert_same(batched: FrameResult, alone: FrameResult) -> None:
     assert len(batched.instances) == len(alone.instances)
     for one, other in zip(batched.instances, alone.instances, strict=True):
         assert (one.track_id, one.label, one.prompt) == (other.track_id, other.label, other.prompt)
-        assert np.array_equal(one.mask, other.mask)
+        assert np.count_nonzero(one.mask != other.mask) <= MASK_PIXELS_NEAR_THRESHOLD * one.mask.size
         assert one.score == pytest.approx(other.score, abs=LOGIT_TOLERANCE)
     assert np.array_equal(batched.panoptic, alone.panoptic)
     assert np.array_equal(batched.semantic, alone.semantic)

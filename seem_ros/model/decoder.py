@@ -161,7 +161,9 @@ class _Sequence:
 
 
 _CROSS_ORDER = ("object", "grounding", "spatial", "memory")
-_SELF_ORDER = ("object", "grounding", "spatial", "grounding_tokens", "spatial_tokens", "memory")
+_SELF_ORDER = ("object", "grounding", "spatial", "grounding_tokens", "memory", "spatial_tokens")
+"""Spatial tokens last: every layer takes its level's tokens afresh, so they are only attended to; their
+own self-attention and FFN outputs would never be read and are not computed (the rows before them are)."""
 
 
 def attention_mask_samples(mask_features: Tensor, size: tuple[int, int], factor: int) -> Tensor:
@@ -465,9 +467,11 @@ class SEEMDecoder(nn.Module):
             )
             updated = torch.cat([sequence.content[name] for name in self_names])
             position = torch.cat([sequence.position[name] for name in self_names])
-            updated = self.transformer_self_attention_layers[layer](updated, position, blocked)
+            updated_names = [name for name in self_names if name != "spatial_tokens"]
+            rows = self._spans(sequence, updated_names)[updated_names[-1]].stop
+            updated = self.transformer_self_attention_layers[layer](updated, position, blocked, rows)
             updated = self.transformer_ffn_layers[layer](updated)
-            self._split_into(sequence, self_names, updated)
+            self._split_into(sequence, updated_names, updated)
 
             next_level = (layer + 1) % self.num_feature_levels
             prediction, attention_blocked = self._predict(

@@ -54,11 +54,15 @@ class SelfAttentionLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, num_heads)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, sequence: Tensor, position: Tensor, blocked: Tensor) -> Tensor:
-        """sequence, position: (L, B, C); blocked: (B, L, L) bool. Returns (L, B, C)."""
+    def forward(
+        self, sequence: Tensor, position: Tensor, blocked: Tensor, query_rows: int | Tensor | None = None
+    ) -> Tensor:
+        """sequence, position: (L, B, C); blocked: (B, L, L) bool. query_rows: how many leading rows to
+        update (all by default); the rows after them are attended to only. Returns (query_rows, B, C)."""
         query_key = sequence + position
-        attended = masked_attention(self.self_attn, query_key, query_key, sequence, blocked)
-        return self.norm(sequence + attended)
+        rows = slice(0, query_rows)
+        attended = masked_attention(self.self_attn, query_key[rows], query_key, sequence, blocked[:, rows])
+        return self.norm(sequence[rows] + attended)
 
 
 class CrossAttentionLayer(nn.Module):
