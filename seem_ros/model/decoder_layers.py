@@ -58,7 +58,7 @@ class SelfAttentionLayer(nn.Module):
         self, sequence: Tensor, position: Tensor, blocked: Tensor, query_rows: int | Tensor | None = None
     ) -> Tensor:
         """sequence, position: (L, B, C); blocked: (B, L, L) bool. query_rows: how many leading rows to
-        update (all by default); the rows after them are attended to only. Returns (query_rows, B, C)."""
+        update (all L by default); the rows after them are attended to only. Returns (query_rows, B, C)."""
         query_key = sequence + position
         rows = slice(0, query_rows)
         attended = masked_attention(self.self_attn, query_key[rows], query_key, sequence, blocked[:, rows])
