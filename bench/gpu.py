@@ -36,10 +36,12 @@ import numpy as np
 import torch
 
 from bench.timing import summarize
+from seem_ros.cache import default_cache_dir
 from seem_ros.engine.predictor import FrameRequest, Prediction, SeemPredictor
 from seem_ros.engine.prompts import ClickPrompt, Target
 from seem_ros.engine.segmenter import load_model
 from seem_ros.engine.torch_backend import (
+    COMPILED_CODE_ENV,
     PRECISIONS,
     TorchAcceleration,
     TorchDecoder,
@@ -371,9 +373,15 @@ def table(rows: list[dict]) -> str:
 def compiled_code_cache() -> dict:
     """Where compiled variants keep their code (`keep_compiled_code`), and whether it held any when the run
     began: with code from an earlier run of the same models, torch and device, the compiled variants'
-    warm-up loads their graphs instead of compiling them."""
+    warm-up loads their graphs instead of compiling them. The folder is named relative to seem_ros's cache
+    (results are shared; this machine's paths are not theirs to carry)."""
     folder = keep_compiled_code()
-    return {"dir": str(folder), "held_code_at_start": folder.is_dir() and any(folder.iterdir())}
+    cache = default_cache_dir()
+    if folder.is_relative_to(cache):
+        where = f"<seem_ros cache>/{folder.relative_to(cache).as_posix()}"
+    else:
+        where = f"${COMPILED_CODE_ENV} (a folder of the user's own)"
+    return {"dir": where, "held_code_at_start": folder.is_dir() and any(folder.iterdir())}
 
 
 def machine(device: torch.device) -> dict:
