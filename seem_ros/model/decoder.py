@@ -280,24 +280,16 @@ class SEEMDecoder(nn.Module):
         Returns sources (h_i*w_i, B, D) with the level embedding added, sine positions of the same
         shape, and the (h_i, w_i) sizes.
         """
-        sources, sizes = self.level_sources(multi_scale_features)
-        # contiguous: attention projections of strided (h*w, B, D) views fall back to batched matrix
-        # products with a copy per call (in bf16 on the CPU, seconds per frame)
-        positions = [
-            sine_position_embedding(features, features.shape[1] // 2).flatten(2).permute(2, 0, 1).contiguous()
-            for features in multi_scale_features
-        ]
-        return sources, positions, sizes
-
-    def level_sources(self, multi_scale_features: list[Tensor]) -> tuple[list[Tensor], list[tuple[int, int]]]:
-        """The decoder memory levels without their positions: sources (h_i*w_i, B, D) with the level
-        embedding added, and the (h_i, w_i) sizes."""
-        sources, sizes = [], []
+        sources, positions, sizes = [], [], []
         for level, features in enumerate(multi_scale_features):
             sizes.append((features.shape[-2], features.shape[-1]))
             source = features.flatten(2) + self.level_embed.weight[level][None, :, None]
+            position = sine_position_embedding(features, features.shape[1] // 2).flatten(2)
+            # contiguous: attention projections of strided (h*w, B, D) views fall back to batched matrix
+            # products with a copy per call (in bf16 on the CPU, seconds per frame)
             sources.append(source.permute(2, 0, 1).contiguous())
-        return sources, sizes
+            positions.append(position.permute(2, 0, 1).contiguous())
+        return sources, positions, sizes
 
     def encode_spatial_prompts(
         self,
