@@ -19,8 +19,11 @@ order moves its IoU by several points (0.906 to 0.961 for the same bf16 features
 model (`--reference DIR`, the parity set's weights and image) is checked for agreement too.
 Each precision runs on the model as a node holds it (`node_model`): bf16 and fp16 variants on a copy whose
 matrix and convolution weights are stored reduced, eager fp32 on fp32 weights; only the model in use is on
-the device. Variants are run in order of importance and skipped, said so in the table, once `--budget`
-seconds have passed.
+the device. Variants are run in order of importance (`run_plan`: per batch size, eager fp32 and the most
+accelerated variant of every preset first) and skipped, said so in the table, once `--budget` seconds have
+passed. With `--profile N`, N more steps of each variant run under `torch.profiler`: time per step, the
+device's summed kernel time, kernel and CUDA-graph launches per step, and the operators and kernels that
+took the most time, so one run on a lent device says where the time goes as well as how much it is.
 """
 
 from __future__ import annotations
@@ -93,13 +96,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference", type=Path, help="parity reference set: agreement on its tiny model")
     parser.add_argument("--image", type=Path, help="frame to use (default: a real photo from scikit-image)")
     parser.add_argument("--json", type=Path, help="write the results here (after every variant)")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="after timing a variant, profile this many more steps (torch.profiler): where the time goes",
+    )
     parser.add_argument("--quick", action="store_true", help="focalt_tiny, small input, eager + autocast")
     args = parser.parse_args(argv)
     if args.quick:
         args.presets, args.batches, args.short_side = ["focalt_tiny"], [1, 2], 128
         args.variants = [v for v in args.variants if not VARIANTS[v].compile] or ["eager"]
         args.frames, args.warmup = 2, 1
+    args.variants = [variant for variant in VARIANTS if variant in args.variants]
+    if args.profile < 0:
+        parser.error("--profile takes a number of steps, 0 or more")
     return args
+
+
+def run_plan(args: argparse.Namespace, device: torch.device) -> list[tuple[int, str, str]]:
+    """(batch, preset, variant) in the order they are measured, most important first, so that a run cut
+    short by `--budget` has measured what matters most: per batch size (smallest first), eager fp32 (the
+    reference the others are checked against) and the most accelerated variant the device runs, for every
+    preset, then the variants between them; variants the device cannot run come last (reported as skipped).
+    """
+    runnable = [v for v in args.variants if device.type == "cuda" or not VARIANTS[v].cuda_graphs]
+    first = {"eager", *runnable[-1:]}
+    tiers = (first, set(runnable) - first, set(args.variants) - set(runnable))
+    return [
+        (batch, preset, variant)
+        for batch in sorted(args.batches)
+        for tier in tiers
+        for preset in args.presets
+        for variant in args.variants
+        if variant in tier
+    ]
 
 
 def load_frame(path: Path | None, size: tuple[int, int]) -> np.ndarray:
@@ -279,7 +311,7 @@ def measure(
     vocabulary_cache: VocabularyCache,
 ) -> tuple[dict, Answers]:
     predictor = build_predictor(model, tokenizer, device, args.short_side, variant, vocabulary_cache)
-    cameras = make_cameras(frame, batch, args.warmup + args.frames)
+    cameras = make_cameras(frame, batch, args.warmup + args.frames + args.profile)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -305,10 +337,85 @@ def measure(
     }
     if device.type == "cuda":
         row["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    if args.profile:
+        first = args.warmup + args.frames
+        try:
+            row["profile"] = profile_steps(predictor, cameras, range(first, first + args.profile), device)
+        except Exception as error:  # the profiler failing costs the profile, not the timings
+            row["profile"] = {"error": brief(error)}
     answers = answer_agreement_photos(predictor, agreement_photos(frame))
     if eager_answers is not None:
         row["agreement_vs_eager_fp32"] = agreement(eager_answers, answers)
     return row, answers
+
+
+def brief(error: Exception) -> str:
+    """An error's type and the first line of its message, for a row of the table."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+PROFILE_TOP_OPS = 12
+LAUNCH_CALLS = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"}
+GRAPH_LAUNCH_CALLS = {"cudaGraphLaunch", "cuGraphLaunch"}
+
+
+def profile_steps(
+    predictor: SeemPredictor, cameras: list[Camera], frame_indices: range, device: torch.device
+) -> dict:
+    """Where a step's time goes, from `torch.profiler` over the steps `frame_indices`, per step: its wall
+    time, the summed time of the device's kernels (on a GPU; the device idles for the rest, waiting on the
+    host), how many kernels and CUDA graphs the host launched, and the operators and kernels that took the
+    most time of their own (device time on a GPU, host time on the CPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        start = time.perf_counter()
+        for index in frame_indices:
+            run_frames(predictor, cameras, index)
+        wall = time.perf_counter() - start
+    steps = len(frame_indices)
+    averages = profiler.key_averages()
+    own_time = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    ranked = sorted(averages, key=lambda event: getattr(event, own_time), reverse=True)
+    return {
+        "steps": steps,
+        "step_ms": wall * 1e3 / steps,
+        "device_kernel_ms_per_step": (
+            sum(event.self_device_time_total for event in averages) / 1e3 / steps if on_gpu else None
+        ),
+        "kernel_launches_per_step": sum(e.count for e in averages if e.key in LAUNCH_CALLS) / steps,
+        "graph_launches_per_step": sum(e.count for e in averages if e.key in GRAPH_LAUNCH_CALLS) / steps,
+        "ranked_by": "self device time" if on_gpu else "self host time",
+        "top": [
+            {
+                "name": event.key[:80],
+                "calls_per_step": event.count / steps,
+                "self_ms_per_step": getattr(event, own_time) / 1e3 / steps,
+            }
+            for event in ranked[:PROFILE_TOP_OPS]
+        ],
+    }
+
+
+def profile_table(row: dict) -> str:
+    """A variant's profile (`profile_steps`) as lines of text."""
+    profile = row["profile"]
+    if "error" in profile:
+        return f"profile {row['preset']} B={row['batch']} {row['variant']}: failed, {profile['error']}"
+    device_ms = profile["device_kernel_ms_per_step"]
+    lines = [
+        f"profile {row['preset']} B={row['batch']} {row['variant']}: {profile['step_ms']:.2f} ms per step, "
+        + (f"device kernels {device_ms:.2f} ms, " if device_ms is not None else "")
+        + f"{profile['kernel_launches_per_step']:.0f} kernel and {profile['graph_launches_per_step']:.0f} "
+        f"graph launches per step; top by {profile['ranked_by']} (ms per step, calls):"
+    ]
+    lines += [
+        f"  {op['self_ms_per_step']:8.3f} {op['calls_per_step']:7.1f}  {op['name']}" for op in profile["top"]
+    ]
+    return "\n".join(lines)
 
 
 def reference_agreement(
@@ -416,49 +523,53 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(results, indent=1))
 
     models: dict[tuple[str, str], tuple[SEEM, VocabularyCache]] = {}
-    for batch in args.batches:
-        for preset in args.presets:
-            eager_answers = None
-            for variant in args.variants:
-                row: dict = {"preset": preset, "batch": batch, "variant": variant}
-                elapsed = time.perf_counter() - started
-                if elapsed > args.budget:
-                    row["skipped"] = f"time budget ({elapsed:.0f} s > {args.budget:.0f} s)"
-                elif VARIANTS[variant].cuda_graphs and device.type != "cuda":
-                    row["skipped"] = "CUDA graphs need a CUDA device"
-                else:
-                    precision = VARIANTS[variant].precision
-                    model, vocabulary_cache = node_model(models, preset, precision, device, results)
-                    row["weights"] = (
-                        "fp32" if PRECISIONS[precision] is None else f"{precision}, stored reduced"
-                    )
-                    try:
-                        measured, answers = measure(
-                            model,
-                            tokenizer,
-                            device,
-                            args,
-                            frame,
-                            batch,
-                            variant,
-                            eager_answers,
-                            vocabulary_cache,
-                        )
-                        row.update(measured)
-                        if variant == "eager":
-                            eager_answers = answers
-                    except Exception as error:  # a variant that fails is reported, the others still run
-                        row["skipped"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-                results["rows"].append(row)
-                elapsed = time.perf_counter() - started
-                print(f"[{elapsed:5.0f} s] " + table([row]).splitlines()[-2], flush=True)
-                save()
+    eager_answers: dict[tuple[int, str], Answers] = {}
+    for batch, preset, variant in run_plan(args, device):
+        row: dict = {"preset": preset, "batch": batch, "variant": variant}
+        elapsed = time.perf_counter() - started
+        if VARIANTS[variant].cuda_graphs and device.type != "cuda":
+            row["skipped"] = "CUDA graphs need a CUDA device"
+        elif elapsed > args.budget:
+            row["skipped"] = f"time budget ({elapsed:.0f} s > {args.budget:.0f} s)"
+        else:
+            precision = VARIANTS[variant].precision
+            model, vocabulary_cache = node_model(models, preset, precision, device, results)
+            row["weights"] = "fp32" if PRECISIONS[precision] is None else f"{precision}, stored reduced"
+            try:
+                measured, answers = measure(
+                    model,
+                    tokenizer,
+                    device,
+                    args,
+                    frame,
+                    batch,
+                    variant,
+                    eager_answers.get((batch, preset)),
+                    vocabulary_cache,
+                )
+                row.update(measured)
+                if variant == "eager":
+                    eager_answers[batch, preset] = answers
+            except Exception as error:  # a variant that fails is reported, the others still run
+                row["skipped"] = brief(error)
+        results["rows"].append(row)
+        elapsed = time.perf_counter() - started
+        print(f"[{elapsed:5.0f} s] " + table([row]).splitlines()[-2], flush=True)
+        save()
     if args.reference is not None and time.perf_counter() - started < args.budget:
         results["reference_agreement"] = reference_agreement(args.reference, device, tokenizer, args.variants)
     results["total_s"] = time.perf_counter() - started
+    variant_order = list(VARIANTS)
+    results["rows"].sort(
+        key=lambda row: (row["batch"], args.presets.index(row["preset"]), variant_order.index(row["variant"]))
+    )
     save()
     print()
     print(table(results["rows"]))
+    for row in results["rows"]:
+        if "profile" in row:
+            print()
+            print(profile_table(row))
     for row in results.get("reference_agreement", []):
         print(
             f"reference tiny model, {row['variant']:<9} mask IoU {row['mask_iou_mean']:.4f} mean, "

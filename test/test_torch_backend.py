@@ -377,7 +377,18 @@ def test_a_users_own_compiled_code_folder_is_kept(tmp_path, monkeypatch):
 def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
     report = tmp_path / "gpu.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.gpu", "--device", "cpu", "--quick", "--json", str(report)],
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu",
+            "--device",
+            "cpu",
+            "--quick",
+            "--profile",
+            "1",
+            "--json",
+            str(report),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -397,12 +408,33 @@ def test_gpu_benchmark_runs_on_the_cpu(tmp_path):
         assert set(row["stages"]) == {"preprocess", "image_encoder", "prompts", "decoder", "postprocess"}
         assert row["frames_per_second"] > 0
         assert row["weights"] == ("fp32" if row["variant"] == "eager" else "bf16, stored reduced")
+        assert row["profile"]["steps"] == 1 and row["profile"]["ranked_by"] == "self host time"
+        assert row["profile"]["top"] and row["profile"]["top"][0]["self_ms_per_step"] > 0
+    assert "profile focalt_tiny B=1 eager" in completed.stdout
     for row in measured:
         if row["variant"] == "autocast":
             agreement = row["agreement_vs_eager_fp32"]
             assert agreement["masks"] == 36  # four photos, nine clicks each
             assert 0.0 <= agreement["mask_iou_min"] <= agreement["mask_iou_mean"] <= 1.0
             assert 0.0 < agreement["feature_error"] < 0.05
+
+
+def test_gpu_benchmark_measures_the_reference_and_the_fastest_variant_first():
+    from bench.gpu import parse_args, run_plan
+
+    args = parse_args(["--variants", "graphs", "compiled", "eager", "autocast"])
+    plan = run_plan(args, torch.device("cuda"))
+    assert plan[:4] == [
+        (1, "focalt_v1", "eager"),
+        (1, "focalt_v1", "graphs"),
+        (1, "samvitb_v1", "eager"),
+        (1, "samvitb_v1", "graphs"),
+    ]
+    assert [variant for batch, preset, variant in plan[4:8]] == ["autocast", "compiled"] * 2
+    assert {batch for batch, _, _ in plan[8:]} == {8} and len(plan) == 16
+    on_cpu = run_plan(args, torch.device("cpu"))
+    assert on_cpu[:2] == [(1, "focalt_v1", "eager"), (1, "focalt_v1", "compiled")]
+    assert [variant for batch, _, variant in on_cpu if batch == 1][-2:] == ["graphs", "graphs"]
 
 
 def test_segmenter_config_routes_precision_and_compile_to_the_torch_backends(photo):
