@@ -21,6 +21,8 @@ import rclpy
 import skimage.data
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Point32, PointStamped, Polygon, PolygonStamped, Vector3
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -507,3 +509,26 @@ def test_services(client: Client, coffee: np.ndarray):
     response = client.call(SegmentImage, "/segment_image", SegmentImage.Request(image=bad))
     assert not response.success and "cannot segment an image with encoding 'yuv422'" in response.message
     client.clear()
+
+
+def test_every_parameter_reads_back_as_ros2_param_get_and_dump_read_it(client: Client):
+    """`ros2 param dump` asks for every listed parameter at once; rclpy answers nothing at all if one of
+    them is unset (as a string array declared by type alone is), so every one must hold a typed value."""
+    listed = client.call(ListParameters, "/seem_node/list_parameters", ListParameters.Request())
+    names = [name for name in listed.result.names if name != "use_sim_time"]
+    assert {"vocabulary", "thing_names", "cameras", "preset", "short_side"} <= set(names)
+    values = client.call(GetParameters, "/seem_node/get_parameters", GetParameters.Request(names=names))
+    assert len(values.values) == len(names)
+    by_name = dict(zip(names, values.values, strict=True))
+    assert not [name for name, value in by_name.items() if value.type == ParameterType.PARAMETER_NOT_SET]
+    for name in ("vocabulary", "thing_names", "cameras"):
+        assert by_name[name].type == ParameterType.PARAMETER_STRING_ARRAY
+        assert list(by_name[name].string_array_value) == []
+    change = Parameter(
+        name="vocabulary",
+        value=ParameterValue(type=ParameterType.PARAMETER_STRING_ARRAY, string_array_value=["cup"]),
+    )
+    (result,) = client.call(
+        SetParameters, "/seem_node/set_parameters", SetParameters.Request(parameters=[change])
+    ).results
+    assert not result.successful and "read-only" in result.reason

@@ -203,19 +203,33 @@ def declare_parameters(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, 
     (string arrays as tuples); raise ParameterError naming the first refused one."""
     values: dict[str, ParameterValue] = {}
     for spec in specs:
-        array = spec.type == ParameterType.PARAMETER_STRING_ARRAY
-        default = Parameter.Type.STRING_ARRAY if array else spec.default
         try:
-            value = node.declare_parameter(spec.name, default, spec.descriptor()).value
+            if spec.type == ParameterType.PARAMETER_STRING_ARRAY:
+                value = tuple(_declare_string_array(node, spec))
+            else:
+                value = node.declare_parameter(spec.name, spec.default, spec.descriptor()).value
         except (InvalidParameterTypeException, InvalidParameterValueException) as error:
             raise ParameterError(f"parameter '{spec.name}': {error}. {spec.description}") from error
-        if array:
-            value = tuple(value or ())
         reason = spec.check(value)
         if reason is not None:
             raise ParameterError(f"parameter '{spec.name}' = {value!r} {reason}. {spec.description}")
         values[spec.name] = value
     return values
+
+
+def _declare_string_array(node: Node, spec: ParameterSpec) -> list[str]:
+    """Declare a string-array parameter whose value is the override given, else `spec.default`, and return
+    it. rclpy types an empty list as a byte array and leaves an array declared by type alone unset (then
+    `ros2 param get` shows nothing and `ros2 param dump` nothing at all), so the parameter is declared
+    writable by type, set to its default when no override came, and then made read-only."""
+    writable = spec.descriptor()
+    writable.read_only = False
+    value = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, writable).value
+    if value is None:
+        value = list(spec.default)
+        node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY, value)])
+    node.set_descriptor(spec.name, spec.descriptor())
+    return list(value)
 
 
 def declare_and_read(node: Node) -> NodeSettings:
