@@ -39,11 +39,12 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from seem_ros.launch_logic import LaunchArguments, plan_nodes
-from seem_ros.msg import InstanceMask, InstanceMaskArray
+from seem_ros.msg import InstanceMask, InstanceMaskArray, PromptFeedback
 from seem_ros.ros.conversions import array_to_image, instance_mask_from_msg
 from seem_ros.ros.diagnostics import FrameCounters
 from seem_ros.ros.inputs import FrameSlots, PublicationGaps, StampedPairs, WhileModelIdle
 from seem_ros.ros.markers import BOX_NAMESPACE, LABEL_NAMESPACE, instance_markers
+from seem_ros.ros.seem_node import FEEDBACK_QOS
 from seem_ros.srv import SegmentImage, SetVocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +244,8 @@ class Client:
         self.referring_mask = self.node.create_publisher(Image, "/referring_mask", command_qos)
         self.results: dict[int, InstanceMaskArray] = {}
         self.markers: dict[int, MarkerArray] = {}
+        self.feedback: list[PromptFeedback] = []
+        self.node.create_subscription(PromptFeedback, "/prompt_feedback", self.feedback.append, FEEDBACK_QOS)
         self.node.create_subscription(
             InstanceMaskArray, "/instances", lambda msg: self.results.update({msg.header.stamp.sec: msg}), 10
         )
@@ -275,6 +278,7 @@ class Client:
         condition: Callable[[list[InstanceMaskArray]], bool],
         depth: np.ndarray | None = None,
         period: float = 0.3,
+        info: CameraInfo | None = None,
     ) -> list[InstanceMaskArray]:
         """Publish rgb with its CameraInfo (and depth with its CameraInfo, first) under new stamps until
         condition holds for the results of this call's frames; returns those results, oldest first."""
@@ -290,12 +294,12 @@ class Client:
             )
             assert self.process.is_running(), f"seem_node died:\n{self.process.output()}"
             header = Header(stamp=Time(sec=next(STAMPS), nanosec=0), frame_id=FRAME_ID)
-            info = camera_info()
-            info.header = header
+            stamped_info = info or camera_info()
+            stamped_info.header = header
             if depth is not None:
-                self.depth_info.publish(info)
+                self.depth_info.publish(stamped_info)
                 self.depth.publish(array_to_image(depth, "16UC1", header))
-            self.camera_info.publish(info)
+            self.camera_info.publish(stamped_info)
             self.images.publish(array_to_image(rgb, "rgb8", header))
             sent.append(header.stamp.sec)
             spin_until(self.executor, lambda: condition(results()), period)
@@ -532,3 +536,26 @@ def test_every_parameter_reads_back_as_ros2_param_get_and_dump_read_it(client: C
         SetParameters, "/seem_node/set_parameters", SetParameters.Request(parameters=[change])
     ).results
     assert not result.successful and "read-only" in result.reason
+
+
+def test_targets_the_tracker_drops_are_logged_and_told_on_prompt_feedback(client: Client, coffee: np.ndarray):
+    """A box near the corner of 640x480 images, then images half that size: the target's prompt lies
+    outside them, so the tracker drops it; the operator hears of it as of a target a prompt removes."""
+    client.clear()
+    client.prompt.publish(String(data="box: 500, 360, 600, 460"))
+    results = client.stream(coffee, has_prompt_types("box"))
+    (track_id,) = [instance.track_id for instance in tracked(results[-1])]
+    small = cv2.resize(coffee, (WIDTH // 2, HEIGHT // 2), interpolation=cv2.INTER_AREA)
+    info = camera_info()
+    info.width, info.height = WIDTH // 2, HEIGHT // 2
+    results = client.stream(small, lambda results: len(results) >= 1, info=info)
+    assert not tracked(results[-1])
+    detail = "its prompts lie outside the 320x240 images"
+    client.wait_for_log(f"track {track_id} (box) dropped: {detail}")
+    assert spin_until(
+        client.executor, lambda: any(item.action == "dropped" for item in client.feedback), RESULT_TIMEOUT
+    )
+    (dropped,) = [item for item in client.feedback if item.action == "dropped"]
+    assert dropped.accepted and dropped.prompt == ""
+    assert list(dropped.removed_track_ids) == [track_id] and track_id not in dropped.track_ids
+    assert dropped.message == f"Stopped tracking box (number {track_id}): {detail}."

@@ -131,6 +131,10 @@ def test_click_and_text_tracks_keep_their_ids(make_segmenter, frames: list[np.nd
             assert instance.mask[y0 : y1 + 1, x0 : x1 + 1].sum() == instance.mask.sum()
         expected_events = [(1, "created"), (2, "created")] if index == 0 else []
         assert _events(segmenter) == expected_events
+        assert [(event.track_id, event.event) for event in result.track_events] == expected_events
+        assert [event.name for event in result.track_events] == (
+            ["click", "the cyclist"] if index == 0 else []
+        )
         generic = [instance for instance in result.instances if instance.track_id == 0]
         assert len(generic) == len(result.segments)
         generic_segments += len(generic)
@@ -196,6 +200,11 @@ def test_low_score_tracks_are_lost_then_dropped(make_segmenter, frames: list[np.
         if index <= max_lost:
             assert [track.lost_frames for track in segmenter.tracker] == [index, index]
             assert all(track.mask is None for track in segmenter.tracker)
+        if index == max_lost + 1:
+            assert [(event.name, event.detail) for event in result.track_events] == [
+                ("click", f"lost for {max_lost + 1} frames"),
+                ("a car", f"lost for {max_lost + 1} frames"),
+            ]
     assert len(segmenter.tracker) == 0
 
 

@@ -36,6 +36,7 @@ from typing import Literal
 
 from seem_ros.engine.api import FrameSegmenter, TrackLimitError, TrackSummary
 from seem_ros.engine.prompts import TextPrompt
+from seem_ros.engine.results import TrackEvent
 
 MAX_PROMPT_CHARACTERS = 10_000
 """Longest prompt accepted (a vocabulary may be long; a text target is limited by TextPrompt to 1000)."""
@@ -561,6 +562,21 @@ def _track_name(track: TrackSummary) -> str:
 
 def _spoken_track(track: TrackSummary) -> str:
     return f"{_track_name(track)} (number {track.track_id})"
+
+
+def dropped_tracks_outcome(events: Sequence[TrackEvent], camera: str) -> CommandOutcome | None:
+    """What the operator is told when the tracker itself drops targets on a frame (lost for too long, or
+    their prompts outside the images): None when it dropped none."""
+    dropped = [event for event in events if event.event == "dropped"]
+    if not dropped:
+        return None
+    sentences = [
+        as_sentence(f"stopped tracking {event.name} (number {event.track_id}): {event.detail}")
+        for event in dropped
+    ]
+    return CommandOutcome(
+        True, " ".join(sentences), removed=tuple(event.track_id for event in dropped), camera=camera
+    )
 
 
 def _content_words(text: str) -> frozenset[str]:

@@ -41,6 +41,19 @@ class Segment:
     score: float
 
 
+@dataclass(frozen=True)
+class TrackEvent:
+    """What happened to a track: "created", "refined" (a click added), "lost" (its score fell below the
+    threshold or its mask vanished), "reacquired" or "dropped" (removed by the tracker itself: lost for too
+    long, or its prompts lie outside the images). name: the track's text, else its prompt kind ("click").
+    detail: why, for "dropped"."""
+
+    track_id: int
+    event: str
+    name: str = ""
+    detail: str = ""
+
+
 SEMANTIC_VOID = 65535
 """The class id of semantic-image pixels that no class applies to (the uint16 maximum)."""
 
@@ -52,6 +65,7 @@ class FrameResult:
     panoptic: (H, W) int32 segment ids, 0 = void. semantic: (H, W) uint16 class ids, SEMANTIC_VOID = none.
     timings: seconds per stage ("preprocess", "backbone" and "pixel_decoder" or "image_encoder", "prompts",
         "decoder", "postprocess"; see `SeemPredictor.predict_frames`).
+    track_events: what happened to the stream's tracks since its previous frame, this frame included.
     """
 
     instances: list[InstanceResult]
@@ -59,6 +73,7 @@ class FrameResult:
     segments: list[Segment]
     semantic: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    track_events: list[TrackEvent] = field(default_factory=list)
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -104,7 +104,8 @@ class Session:
         return FramePlan(request, tracks)
 
     def finish_frame(self, plan: FramePlan, prediction: Prediction) -> FrameResult:
-        """Take the predictor's answer to `plan`: update the tracks and build the frame's result."""
+        """Take the predictor's answer to `plan`: update the tracks and build the frame's result (with what
+        happened to the tracks: created, refined, lost, reacquired, dropped)."""
         with self._lock:
             self.tracker.update(plan.tracks, prediction.targets)
             instances: list[InstanceResult] = []
@@ -114,8 +115,11 @@ class Session:
                     continue
                 instance = _instance(len(instances) + 1, track.track_id, track.kind, track.text, result)
                 instances.append(instance)
+            events = list(self.tracker.events)
         size = plan.request.image.shape[:2]
-        return frame_result(size, instances, prediction, self.settings.max_instances)
+        result = frame_result(size, instances, prediction, self.settings.max_instances)
+        result.track_events = events
+        return result
 
     def process(self, rgb: np.ndarray) -> FrameResult:
         """Segment one frame of this stream (alone; `SeemEngine.step` serves several streams at once)."""

@@ -29,6 +29,7 @@ from torch import Tensor
 from seem_ros.engine.api import TrackLimitError
 from seem_ros.engine.predictor import TargetResult
 from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, ScribblePrompt, Target, VisualPrompt
+from seem_ros.engine.results import TrackEvent
 
 
 @dataclass
@@ -65,6 +66,9 @@ class Track:
     def text(self) -> str:
         return self.origin.text.text if self.origin.text is not None else ""
 
+    def event(self, event: str, detail: str = "") -> TrackEvent:
+        return TrackEvent(self.track_id, event, self.text or self.kind, detail)
+
 
 @dataclass
 class PlannedTrack:
@@ -80,14 +84,6 @@ class PlannedTrack:
     def __post_init__(self) -> None:
         self.anchor = self.track.anchor
         self.refinement_count = len(self.track.refinements)
-
-
-@dataclass
-class TrackEvent:
-    """What happened to a track on a frame: "created", "lost", "reacquired", "dropped" or "refined"."""
-
-    track_id: int
-    event: str
 
 
 def interior_point(mask: np.ndarray) -> tuple[int, int] | None:
@@ -175,7 +171,7 @@ class Tracker:
         track = Track(self._next_id, origin=target, anchor=target)
         self._tracks[track.track_id] = track
         self._next_id += 1
-        self._pending_events.append(TrackEvent(track.track_id, "created"))
+        self._pending_events.append(track.event("created"))
         return track.track_id
 
     def track_at(self, x: float, y: float) -> Track | None:
@@ -193,7 +189,7 @@ class Tracker:
         if track is None:
             raise ValueError(f"no track with id {track_id}")
         track.refinements.append(prompt)
-        self._pending_events.append(TrackEvent(track_id, "refined"))
+        self._pending_events.append(track.event("refined"))
 
     def remove(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
@@ -219,7 +215,9 @@ class Tracker:
             if track.mask is not None and track.mask.shape != size:
                 self.restart(track)
             if not fits_image(self._frame_target(track), size):
-                self._pending_events.append(TrackEvent(track.track_id, "dropped"))
+                height, width = size
+                detail = f"its prompts lie outside the {width}x{height} images"
+                self._pending_events.append(track.event("dropped", detail))
                 del self._tracks[track.track_id]
 
     @staticmethod
@@ -258,7 +256,7 @@ class Tracker:
             track.refinements = track.refinements[item.refinement_count :]
             if good:
                 if track.lost_frames > 0:
-                    self.events.append(TrackEvent(track.track_id, "reacquired"))
+                    self.events.append(track.event("reacquired"))
                 track.lost_frames = 0
                 track.frames_tracked += 1
                 track.mask = result.mask
@@ -268,11 +266,12 @@ class Tracker:
                 seen.append(track)
             else:
                 if track.lost_frames == 0:
-                    self.events.append(TrackEvent(track.track_id, "lost"))
+                    self.events.append(track.event("lost"))
                 track.lost_frames += 1
                 track.score = result.score
                 if track.lost_frames > self.max_lost_frames:
-                    self.events.append(TrackEvent(track.track_id, "dropped"))
+                    detail = f"lost for {track.lost_frames} frames"
+                    self.events.append(track.event("dropped", detail))
                     del self._tracks[track.track_id]
         return seen
 

@@ -50,7 +50,8 @@ Publishes, per camera (every message stamped with the header of the image it cam
 Publishes, once per node:
   prompt_feedback  seem_ros/PromptFeedback, reliable, transient local: for every prompt, the camera it went
                    to and what was understood (track ids created and removed, the targets and vocabulary
-                   now) or why it was refused; one with action "ready" on activation
+                   now) or why it was refused; one with action "ready" on activation, and one with
+                   action "dropped" when the tracker drops targets (lost too long, or outside the images)
   /diagnostics     diagnostic_msgs/DiagnosticArray: a status per camera ("<node>: segmentation", or
                    "<node>: <camera> segmentation" for named cameras)
 Services, per camera: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and reset_tracking
@@ -81,9 +82,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Header, String
 
-from seem_ros.engine.commands import CommandOutcome, run_prompt
+from seem_ros.engine.commands import CommandOutcome, dropped_tracks_outcome, run_prompt
 from seem_ros.engine.engine import SeemEngine
 from seem_ros.engine.errors import InputError
+from seem_ros.engine.results import TrackEvent
 from seem_ros.engine.session import Session
 from seem_ros.msg import PromptFeedback
 from seem_ros.ros.conversions import compressed_to_rgb, image_to_rgb
@@ -328,6 +330,7 @@ class SeemNode(LifecycleNode):
             camera.counters.last_stage_s = dict(outcome.timings)
             if not (self._active and self.context.ok()):
                 continue
+            self._report_track_events(camera, outcome.track_events)
             inputs = camera.inputs
             geometry = None
             if self.settings.use_depth:
@@ -344,6 +347,22 @@ class SeemNode(LifecycleNode):
             except Exception:
                 if self.context.ok() and self._active:
                     raise  # a real publishing failure; during shutdown or deactivation it is expected
+
+    def _report_track_events(self, camera: Camera, events: list[TrackEvent]) -> None:
+        """Log the tracks a frame lost, reacquired or dropped; tell the operator on prompt_feedback (action
+        "dropped") of those the tracker dropped, as it tells of those a prompt removes."""
+        prefix = f"camera '{camera.session.name}': " if camera.session.name else ""
+        for event in events:
+            if event.event not in ("lost", "reacquired", "dropped"):
+                continue
+            line = f"{prefix}track {event.track_id} ({event.name}) {event.event}"
+            if event.event == "dropped":
+                self.get_logger().warning(f"{line}: {event.detail}")
+            else:
+                self.get_logger().info(line)
+        outcome = dropped_tracks_outcome(events, camera.session.name)
+        if outcome is not None:
+            self._publish_feedback("", outcome, "dropped")
 
     def _is_stale(self, header: Header) -> bool:
         if self.settings.max_image_age <= 0.0 or (header.stamp.sec == 0 and header.stamp.nanosec == 0):
