@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import skimage.data
 from node_client import (  # noqa: F401 (module_ros_context is a fixture)
+    CAMERA_TOPIC,
     NodeClient,
     camera_info,
     cleanly_stopped_node,
@@ -108,7 +109,7 @@ def _rgb8(width: int, height: int, **changes) -> Image:
 BAD_IMAGES = [
     pytest.param(
         _rgb8(64, 48, encoding="yuv422", step=128, data=bytes(128 * 48)),
-        "ignored image on image: cannot segment an image with encoding 'yuv422'",
+        f"ignored image on {CAMERA_TOPIC}: cannot segment an image with encoding 'yuv422'",
         id="unknown-encoding",
     ),
     pytest.param(
@@ -160,7 +161,7 @@ def test_many_bad_frames_produce_few_log_lines(raw: NodeClient, coffee):
         raw.spin(0.01)
     elapsed = time.monotonic() - start
     counted = raw.wait_for_counter("input_errors", before + 20) - before
-    lines = raw.log_since(mark).count("ignored image on image")
+    lines = raw.log_since(mark).count(f"ignored image on {CAMERA_TOPIC}")
     assert 1 <= lines <= 1 + int(elapsed / ERROR_LOG_PERIOD), (
         f"{counted} frames, {elapsed:.1f} s: {lines} lines"
     )
@@ -328,7 +329,7 @@ def _jpeg(rgb: np.ndarray) -> CompressedImage:
 @pytest.mark.parametrize(
     ("data", "expected_log"),
     [
-        (b"", "ignored image on image/compressed: empty compressed image"),
+        (b"", f"ignored image on {CAMERA_TOPIC}/compressed: empty compressed image"),
         (b"\xff\xd8\xff\xe0 not really a jpeg", "compressed image of 22 bytes"),
         (bytes(range(256)) * 4, "compressed image of 1024 bytes"),
     ],
@@ -352,7 +353,7 @@ def test_many_corrupt_compressed_frames_produce_few_log_lines(compressed: NodeCl
         compressed.spin(0.01)
     elapsed = time.monotonic() - start
     counted = compressed.wait_for_counter("input_errors", before + 20) - before
-    lines = compressed.log_since(mark).count("ignored image on image/compressed")
+    lines = compressed.log_since(mark).count(f"ignored image on {CAMERA_TOPIC}/compressed")
     most = 1 + int(elapsed / COMPRESSED_ERROR_LOG_PERIOD)
     assert lines <= most, f"{counted} corrupt frames in {elapsed:.1f} s gave {lines} log lines"
     compressed.assert_serves(_jpeg(coffee))
@@ -362,7 +363,9 @@ def test_compressed_image_over_the_pixel_limit_is_refused_before_decoding(compre
     ok, encoded = cv2.imencode(".png", np.zeros((1000, 1500, 3), np.uint8))
     assert ok
     large = CompressedImage(format="png", data=encoded.tobytes())
-    _refused(compressed, lambda: compressed.publish_frame(large), "ignored image on image/compressed")
+    _refused(
+        compressed, lambda: compressed.publish_frame(large), f"ignored image on {CAMERA_TOPIC}/compressed"
+    )
     compressed.assert_serves(_jpeg(coffee))
 
 

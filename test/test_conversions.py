@@ -15,6 +15,7 @@ from std_msgs.msg import Header
 from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.visualize import instance_color
 from seem_ros.ros import conversions as conv
+from seem_ros.ros.inputs import images_are_rectified
 
 HEADER = Header(stamp=Time(sec=5, nanosec=6), frame_id="camera_optical")
 
@@ -278,6 +279,39 @@ def test_project_point():
     u, v = conv.project_point(_camera_info(), 0.1, -0.2, 2.0)
     assert u == pytest.approx(320 + 500 * 0.05)
     assert v == pytest.approx(240 - 500 * 0.1)
+
+
+def test_rectified_images_project_through_p_without_distortion():
+    """A raw image with strong distortion, and its rectified image (image_proc: P, a new focal length and
+    principal point): the same point lands where each model puts it, as image_geometry does."""
+    info = _camera_info()
+    info.d = [-0.3, 0.1, 0.0, 0.0, 0.0]
+    info.p = [400.0, 0.0, 330.0, 0.0, 0.0, 410.0, 250.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    x, y, z = 0.4, -0.3, 1.0
+    u, v = conv.project_point(info, x, y, z, rectified=True)
+    assert (u, v) == pytest.approx((330.0 + 400.0 * 0.4, 250.0 - 410.0 * 0.3))
+    raw = conv.project_point(info, x, y, z)
+    radius2 = (x / z) ** 2 + (y / z) ** 2
+    scale = 1.0 - 0.3 * radius2 + 0.1 * radius2**2
+    assert raw == pytest.approx((320.0 + 500.0 * 0.4 * scale, 240.0 - 500.0 * 0.3 * scale))
+    info.p = [0.0] * 12
+    with pytest.raises(ValueError, match="P is zero"):
+        conv.project_point(info, x, y, z, rectified=True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "topic", "rectified"),
+    [
+        ("auto", "/camera/color/image_rect", True),
+        ("auto", "/camera/color/image_rect_color/compressed", True),
+        ("auto", "/camera/color/image_raw", False),
+        ("auto", "/rectified_stuff/image_raw", False),
+        ("true", "/camera/image_raw", True),
+        ("false", "/camera/image_rect", False),
+    ],
+)
+def test_whether_images_are_rectified(setting: str, topic: str, rectified: bool):
+    assert images_are_rectified(setting, topic) is rectified
 
 
 def test_project_point_errors():

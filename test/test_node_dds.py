@@ -183,7 +183,7 @@ def test_streams_instances_and_overlay_with_input_header(seem_node: NodeProcess,
 def test_bad_images_are_logged_and_skipped(seem_node: NodeProcess, client: Client, coffee):
     client.wait_for_node(seem_node)
     bad = Image(height=2, width=2, encoding="yuv422", step=4, data=bytes(8))
-    expected = "ignored image on image: cannot segment an image with encoding 'yuv422'"
+    expected = f"ignored image on {CAMERA_TOPIC}: cannot segment an image with encoding 'yuv422'"
     client.publish_until(bad, lambda: expected in seem_node.output(), seem_node)
     client.instances.clear()
     client.publish_until(array_to_image(coffee, "bgr8"), lambda: bool(client.instances), seem_node)

@@ -346,7 +346,7 @@ def test_clicked_point_is_projected_through_camera_info(client: Client, coffee: 
     client.clear()
     point = PointStamped(header=Header(frame_id=FRAME_ID), point=Point(x=0.1, y=-0.05, z=1.0))
     client.clicked_point.publish(point)
-    client.wait_for_log("ignored clicked_point: no CameraInfo received on camera_info yet")
+    client.wait_for_log(f"ignored clicked_point: no CameraInfo received on {CAMERA_INFO_TOPIC} yet")
 
     # (0.1, -0.05, 1.0) m -> u = 500 * 0.1 + 320 = 370, v = 500 * -0.05 + 240 = 215
     accepted = "positive click at (370.0, 215.0)"

@@ -256,22 +256,34 @@ def overlay_image(
     return array_to_image(render_overlay(rgb, result.instances, alpha, draw_labels), "rgb8", header)
 
 
-def project_point(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
-    """Pixel (u, v) of a point (x, y, z) in the camera optical frame (metres, z forward), through the
-    intrinsics K and the plumb_bob / rational_polynomial distortion D of `info`. Raises ValueError if the
-    point is not finite or behind the camera, the calibration is missing or malformed, or the pixel falls
-    outside the image."""
+def project_point(
+    info: CameraInfo, x: float, y: float, z: float, rectified: bool = False
+) -> tuple[float, float]:
+    """Pixel (u, v) of a point (x, y, z) in the camera optical frame (metres, z forward). In a raw image:
+    through the intrinsics K and the plumb_bob / rational_polynomial distortion D of `info`; in a rectified
+    image (`rectified`): through the projection matrix P, without distortion (as image_geometry's
+    PinholeCameraModel.project3dToPixel). Raises ValueError if the point is not finite or behind the camera,
+    the calibration is missing or malformed, or the pixel falls outside the image."""
     if not all(math.isfinite(value) for value in (x, y, z)):
         raise ValueError(f"point ({x}, {y}, {z}) is not finite")
     if z <= 0.0:
         raise ValueError(f"point ({x:.3f}, {y:.3f}, {z:.3f}) is not in front of the camera (z must be > 0)")
+    if info.width == 0 or info.height == 0:
+        raise ValueError(f"camera_info has no image size ({info.width} x {info.height})")
+    u, v = _project_rectified(info, x, y, z) if rectified else _project_raw(info, x, y, z)
+    if not (0.0 <= u < info.width and 0.0 <= v < info.height):
+        raise ValueError(
+            f"point projects to pixel ({u:.1f}, {v:.1f}), outside the {info.width} x {info.height} image"
+        )
+    return u, v
+
+
+def _project_raw(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
     camera_matrix = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
     if not np.isfinite(camera_matrix).all():
         raise ValueError("camera_info K holds values that are not finite")
     if camera_matrix[0, 0] <= 0.0 or camera_matrix[1, 1] <= 0.0:
         raise ValueError("camera_info has no calibration (K is zero)")
-    if info.width == 0 or info.height == 0:
-        raise ValueError(f"camera_info has no image size ({info.width} x {info.height})")
     distortion = np.asarray(info.d, dtype=np.float64).ravel()
     if info.distortion_model not in ("plumb_bob", "rational_polynomial") or not distortion.any():
         distortion = np.zeros(5)
@@ -284,8 +296,16 @@ def project_point(info: CameraInfo, x: float, y: float, z: float) -> tuple[float
         np.array([[x, y, z]], dtype=np.float64), np.zeros(3), np.zeros(3), camera_matrix, distortion
     )
     u, v = (float(value) for value in pixels.reshape(2))
-    if not (0.0 <= u < info.width and 0.0 <= v < info.height):
-        raise ValueError(
-            f"point projects to pixel ({u:.1f}, {v:.1f}), outside the {info.width} x {info.height} image"
-        )
     return u, v
+
+
+def _project_rectified(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
+    projection = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if not np.isfinite(projection).all():
+        raise ValueError("camera_info P holds values that are not finite")
+    if projection[0, 0] <= 0.0 or projection[1, 1] <= 0.0:
+        raise ValueError("camera_info has no calibration of the rectified image (P is zero)")
+    u, v, w = projection @ np.array([x, y, z, 1.0])
+    if w <= 0.0:
+        raise ValueError(f"point ({x:.3f}, {y:.3f}, {z:.3f}) is not in front of the rectified camera")
+    return float(u / w), float(v / w)

@@ -211,6 +211,9 @@ class CameraInputs:
         self._references = StampedPairs()
         self.image_type = CompressedImage if settings.compressed else Image
         self.image_topic = f"{prefix}image/compressed" if settings.compressed else f"{prefix}image"
+        self.resolved_image_topic = node.resolve_topic_name(self.image_topic)
+        self.resolved_camera_info_topic = node.resolve_topic_name(f"{prefix}camera_info")
+        self.rectified = images_are_rectified(settings.rectified_images, self.resolved_image_topic)
         self._subscriptions: list[Subscription] = []
         self._services: list[Service] = [
             node.create_service(
@@ -319,11 +322,11 @@ class CameraInputs:
     def _on_clicked_point(self, msg: PointStamped) -> None:
         info = self.camera_info
         if info is None:
-            raise ValueError(f"no CameraInfo received on {self.prefix}camera_info yet")
+            raise ValueError(f"no CameraInfo received on {self.resolved_camera_info_topic} yet")
         point = (msg.point.x, msg.point.y, msg.point.z)
         if msg.header.frame_id != info.header.frame_id:
             point = self._point_transformer.point_in(info.header.frame_id, msg)
-        self._add_click(*project_point(info, *point), positive=True)
+        self._add_click(*project_point(info, *point, rectified=self.rectified), positive=True)
 
     def _add_click(self, x: float, y: float, positive: bool) -> None:
         self.session.add_click(x, y, positive)
@@ -404,6 +407,14 @@ class CameraInputs:
         response.success = True
         response.message = f"{len(result.instances)} instances, {len(result.segments)} segments"
         return response
+
+
+def images_are_rectified(setting: str, image_topic: str) -> bool:
+    """Whether a camera's images are rectified, by the `rectified_images` parameter ("true", "false", or
+    "auto": a part of the resolved image topic starts with "image_rect", as image_proc names them)."""
+    if setting == "auto":
+        return any(part.startswith("image_rect") for part in image_topic.split("/"))
+    return setting == "true"
 
 
 def binary_mask(msg: Image) -> np.ndarray:

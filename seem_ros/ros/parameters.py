@@ -115,6 +115,14 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
         "compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."
     ),
     ParameterSpec(
+        "rectified_images",
+        "auto",
+        "Whether the camera images are rectified: clicked_point is then projected through CameraInfo P "
+        "without distortion, else through K and D (raw images); auto = rectified when the resolved image "
+        "topic's name has a part starting with 'image_rect' (image_rect, image_rect_color).",
+        choices=("auto", "true", "false"),
+    ),
+    ParameterSpec(
         "max_rate",
         0.0,
         "Most frames processed per second; 0 = as fast as the model runs.",
@@ -179,6 +187,7 @@ class NodeSettings:
     max_batch_cameras: int
     camera_name: str
     compressed: bool
+    rectified_images: str
     max_rate: float
     max_image_age: float
     use_depth: bool

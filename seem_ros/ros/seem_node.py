@@ -26,7 +26,8 @@ Subscribes, per camera (relative names, remap them; pixels are x = column, y = r
                    named cameras, the node's own `prompt` takes commands for any of them ("in the wrist
                    camera find the cup"; naming none means the first).
   clicked_point    geometry_msgs/PointStamped in the camera optical frame (metres), e.g. RViz "Publish Point",
-                   projected through the CameraInfo; points in other frames need tf2_ros
+                   projected through the CameraInfo (P for rectified images, K and D for raw ones; see
+                   `rectified_images`); points in other frames need tf2_ros
   click_pixel      geometry_msgs/PointStamped with x, y in image pixels; z < 0 marks a negative click
   scribble         geometry_msgs/PolygonStamped: a stroke through the points' (x, y) pixels, 5 pixels wide
                    (not closed); z < 0 on the first point marks a negative scribble, which refines the
@@ -211,7 +212,8 @@ class SeemNode(LifecycleNode):
         facts = self._engine.describe()
         described = ", ".join(f"{key} {value}" for key, value in facts.items())
         topics = ", ".join(
-            f"camera '{camera.session.name}' on {self.resolve_topic_name(camera.inputs.image_topic)}"
+            f"camera '{camera.session.name}' on {camera.inputs.resolved_image_topic}"
+            f" ({'rectified' if camera.inputs.rectified else 'raw'} images)"
             for camera in self._cameras.values()
         )
         self.get_logger().info(f"ready: {described}; {topics}")
@@ -290,7 +292,9 @@ class SeemNode(LifecycleNode):
         try:
             msg = deserialize_message(serialized, inputs.image_type)
         except Exception as error:  # a foreign publisher's bytes; DDS type matching should prevent it
-            camera.errors.input_error(f"image on {inputs.image_topic}", f"cannot deserialize: {error}")
+            camera.errors.input_error(
+                f"image on {inputs.resolved_image_topic}", f"cannot deserialize: {error}"
+            )
             return None
         if self._is_stale(msg.header):
             camera.counters.dropped_stale += 1
@@ -302,7 +306,7 @@ class SeemNode(LifecycleNode):
             else:
                 rgb = image_to_rgb(msg, max_pixels=limit)
         except ValueError as error:
-            camera.errors.input_error(f"image on {inputs.image_topic}", str(error))
+            camera.errors.input_error(f"image on {inputs.resolved_image_topic}", str(error))
             return None
         size = camera.session.image_size
         if size is not None and size != rgb.shape[:2] and camera.session.tracks():
@@ -320,7 +324,7 @@ class SeemNode(LifecycleNode):
         seconds = time.perf_counter() - start
         for (camera, (header, rgb)), outcome in zip(frames, outcomes, strict=True):
             if isinstance(outcome, InputError):
-                camera.errors.input_error(f"image on {camera.inputs.image_topic}", str(outcome))
+                camera.errors.input_error(f"image on {camera.inputs.resolved_image_topic}", str(outcome))
                 continue
             if isinstance(outcome, Exception):  # the node keeps running; logs and diagnostics say it
                 camera.errors.inference_error(outcome)
@@ -424,7 +428,7 @@ class SeemNode(LifecycleNode):
                 camera.reported,
                 self.settings.diagnostics_period,
                 facts,
-                self.resolve_topic_name(camera.inputs.image_topic),
+                camera.inputs.resolved_image_topic,
                 self.settings.use_depth,
             )
             if not self._active:
