@@ -278,12 +278,18 @@ def project_point(
     return u, v
 
 
+def _calibration(values: Sequence[float], shape: tuple[int, int], name: str) -> np.ndarray:
+    """CameraInfo's matrix `name` (K or P) as an array of `shape`; ValueError unless finite and calibrated."""
+    matrix = np.asarray(values, dtype=np.float64).reshape(shape)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"camera_info {name} holds values that are not finite")
+    if matrix[0, 0] <= 0.0 or matrix[1, 1] <= 0.0:
+        raise ValueError(f"camera_info has no calibration ({name} is zero)")
+    return matrix
+
+
 def _project_raw(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
-    camera_matrix = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-    if not np.isfinite(camera_matrix).all():
-        raise ValueError("camera_info K holds values that are not finite")
-    if camera_matrix[0, 0] <= 0.0 or camera_matrix[1, 1] <= 0.0:
-        raise ValueError("camera_info has no calibration (K is zero)")
+    camera_matrix = _calibration(info.k, (3, 3), "K")
     distortion = np.asarray(info.d, dtype=np.float64).ravel()
     if info.distortion_model not in ("plumb_bob", "rational_polynomial") or not distortion.any():
         distortion = np.zeros(5)
@@ -300,11 +306,7 @@ def _project_raw(info: CameraInfo, x: float, y: float, z: float) -> tuple[float,
 
 
 def _project_rectified(info: CameraInfo, x: float, y: float, z: float) -> tuple[float, float]:
-    projection = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
-    if not np.isfinite(projection).all():
-        raise ValueError("camera_info P holds values that are not finite")
-    if projection[0, 0] <= 0.0 or projection[1, 1] <= 0.0:
-        raise ValueError("camera_info has no calibration of the rectified image (P is zero)")
+    projection = _calibration(info.p, (3, 4), "P")
     u, v, w = projection @ np.array([x, y, z, 1.0])
     if w <= 0.0:
         raise ValueError(f"point ({x:.3f}, {y:.3f}, {z:.3f}) is not in front of the rectified camera")
