@@ -109,6 +109,10 @@ def add(text: str, camera: str = "") -> Command:
         ("on wrist: the cup", add("cup", camera="wrist")),
         ("on front clear", Command("clear", camera="front")),
         ("find the cup in the front camera", add("cup", camera="front")),
+        ("in the test_camera find the cup", add("cup", camera="test")),
+        ("find the cup in the wrist-cam", add("cup", camera="wrist")),
+        ("in the camera find the cup", add("cup", camera="camera")),  # /camera/image_raw's name
+        ("find the cup in the camera", add("cup", camera="camera")),
         ("on the table find the cup", add("on the table find the cup")),
         ("find the camera", add("camera")),
     ],
@@ -315,6 +319,9 @@ def test_forget_with_nothing_tracked_is_refused(segmenter: Session) -> None:
 def test_camera_named_is_the_one_served(segmenter: Session) -> None:
     outcome = run_prompt("on the front camera find the cup", {"front": segmenter})
     assert outcome.accepted and outcome.camera == "front" and outcome.command == add("cup", camera="front")
+    outcome = run_prompt("in the camera find the bottle", {"camera": segmenter})  # named after /camera/...
+    assert outcome.accepted and outcome.camera == "camera"
+    assert outcome.command == add("bottle", camera="camera")
 
 
 def test_vocabulary_and_box_commands(segmenter: Session) -> None:

@@ -367,27 +367,34 @@ def _track_id(words: list[_Word]) -> int | None:
 
 def _split_camera(words: list[_Word]) -> tuple[str, list[_Word]]:
     """(camera key, the other words) for "in the <name> camera ...", "on <name>: ...", "on <name> find ...",
-    and "... in the <name> camera"; ("", words) when no camera is named."""
+    and "... in the <name> camera"; ("", words) when no camera is named. The name may be written as one
+    word with the camera word ("in the front_camera find ...") or be the camera word alone ("in the camera
+    find ...": the camera called camera, as a topic /camera/image_raw names it)."""
     if len(words) > 2 and words[0].key in ("in", "on", "from", "at", "with"):
         name_start = 2 if words[1].key == "the" else 1
-        for end in range(name_start + 1, min(name_start + 4, len(words))):
-            if words[end].key in CAMERA_WORDS and end + 1 < len(words):
-                return _camera_name(words[name_start:end]), words[end + 1 :]
+        for end in range(name_start, min(name_start + 3, len(words) - 1)):
+            if _names_camera(words[end]):
+                return _camera_name(words[name_start : end + 1]), words[end + 1 :]
         if words[0].key == "on" and words[1].key not in ARTICLES:
             for end in range(2, min(5, len(words))):
                 named = words[1:end]
                 separated = named[-1].text.endswith((",", ":"))
                 if separated or _starts_with(words[end:], _COMMAND_OPENINGS):
                     return _camera_name(named), words[end:]
-    if len(words) > 3 and words[-1].key in CAMERA_WORDS:
+    if len(words) > 3 and _names_camera(words[-1]):
         for start in range(len(words) - 2, max(len(words) - 6, 0), -1):
             if words[start].key in ("in", "on", "from") and start > 0:
-                named = words[start + 1 : -1]
-                if named and named[0].key == "the":
+                named = words[start + 1 :]
+                if named[0].key == "the":
                     named = named[1:]
-                if named:
-                    return _camera_name(named), words[:start]
+                return _camera_name(named), words[:start]
     return "", words
+
+
+def _names_camera(word: _Word) -> bool:
+    """Whether a word is a camera word, alone ("camera") or ending a name written as one word
+    ("front_camera", "wrist-cam")."""
+    return re.split(r"[_\-]", word.key)[-1] in CAMERA_WORDS
 
 
 def _camera_name(words: list[_Word]) -> str:
