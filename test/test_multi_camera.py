@@ -184,6 +184,9 @@ def test_one_node_serves_three_cameras(
         unknown = client.say("in the kitchen camera find the cup")
         assert not unknown.accepted
         assert "no camera 'kitchen'" in unknown.message and "'front', 'rear', 'wrist'" in unknown.message
+        refusal = "ignored prompt: 'in the kitchen camera find the cup': There is no camera 'kitchen'"
+        client.until(lambda: refusal in process.output())
+        assert f"camera 'front': {refusal}" not in process.output()  # the node's topic, no camera's
         client.click_pixel["rear"].publish(PointStamped(point=Point(x=100.0, y=90.0, z=0.0)))
         client.until(lambda: "camera 'rear': positive click" in process.output())
         client.instances.clear()
@@ -211,7 +214,7 @@ def test_one_node_serves_three_cameras(
             client.executor.spin_once(timeout_sec=0.2)
         client.serve(("front", "wrist"))
         client.until(lambda: client.counter("rear", "input_errors") >= 1)
-        assert "camera 'rear': ignored image on rear/image" in process.output()
+        assert "camera 'rear': ignored image on /multi/rear/image" in process.output()
 
         # the wrist camera stops publishing for a while and comes back
         served_before = client.counter("wrist", "frames_processed")

@@ -139,6 +139,7 @@ class SeemNode(LifecycleNode):
             self._inference_lock = threading.Lock()
             self._configure_error: Exception | None = None
             self._node_prompt: Subscription | None = None
+            self._node_prompt_errors: ErrorLog | None = None
             self._point_transformer = PointTransformer(self)
             self._groups = CallbackGroups(
                 WhileModelIdle(), *(MutuallyExclusiveCallbackGroup() for _ in range(4))
@@ -201,6 +202,10 @@ class SeemNode(LifecycleNode):
         for camera in self._cameras.values():
             camera.inputs.subscribe()
         if self.settings.cameras:
+            first = next(iter(self._cameras.values()))  # whose diagnostics count the node topic's errors
+            self._node_prompt_errors = ErrorLog(
+                self.get_logger(), first.counters, self.settings.error_log_period
+            )
             self._node_prompt = self.create_subscription(
                 String,
                 "prompt",
@@ -383,11 +388,13 @@ class SeemNode(LifecycleNode):
         if camera:
             cameras.sort(key=lambda item: item.name != camera)
         outcome = run_prompt(text, {item.session.name: item.session for item in cameras})
-        errors = (self._cameras.get(camera) or cameras[0]).errors
         if outcome.accepted and outcome.command is not None:
             prefix = f"camera '{outcome.camera}': " if outcome.camera else ""
             self.get_logger().info(f"{prefix}prompt: {outcome.command.describe()}: {outcome.message}")
-        else:
+        else:  # logged as the camera's the prompt addressed, else as the node topic's (no camera named)
+            addressed = next((item for item in cameras if item.session.name == outcome.camera), None)
+            addressed = addressed or self._cameras.get(camera)
+            errors = addressed.errors if addressed is not None else self._node_prompt_errors
             errors.input_error("prompt", f"{text!r}: {outcome.message}")
         action = outcome.command.action if outcome.accepted and outcome.command is not None else ""
         self._publish_feedback(text, outcome, action)
