@@ -144,6 +144,23 @@ def test_compressed_garbage_is_refused():
         conv.compressed_to_rgb(CompressedImage(format="jpeg"))
 
 
+def test_compressed_depth_images_are_refused_and_colour_formats_decoded():
+    depth = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 7
+    ok, encoded = cv2.imencode(".png", depth)
+    assert ok
+    for image_format in (
+        "16UC1; png compressed mono16",
+        "32FC1; compressedDepth png",
+        "16UC1; compressedDepth",
+    ):
+        with pytest.raises(ValueError, match="depth or more than 8 bits a channel"):
+            conv.compressed_to_rgb(CompressedImage(format=image_format, data=encoded.tobytes()))
+    ok, encoded = cv2.imencode(".png", np.zeros((48, 64, 3), np.uint8))
+    for image_format in ("rgb8; png compressed bgr8", "bgr8; png compressed bgr8", "png", "mono8; png"):
+        decoded = conv.compressed_to_rgb(CompressedImage(format=image_format, data=encoded.tobytes()))
+        assert decoded.shape == (48, 64, 3)
+
+
 def test_rle_known_values():
     mask = np.array([[1, 1, 0], [0, 1, 1]], dtype=bool)
     np.testing.assert_array_equal(conv.rle_encode(mask), [0, 2, 2, 2])

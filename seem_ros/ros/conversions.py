@@ -109,7 +109,19 @@ def image_to_rgb(msg: Image, max_pixels: int | None = None) -> np.ndarray:
 
 def compressed_to_rgb(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB decoded from a CompressedImage; see `decode_compressed` (ValueError when the
-    data is empty, undecodable or over max_pixels, read from the header before decoding)."""
+    data is empty, undecodable or over max_pixels, read from the header before decoding). A format naming
+    its images' encoding as image_transport writes it ("rgb8; jpeg compressed bgr8") is refused for the
+    encodings `image_to_rgb` refuses (a depth image's "16UC1; png compressed mono16", "compressedDepth"),
+    which decoding would turn into grey pictures of depth."""
+    encoding, separator, _ = msg.format.partition(";")
+    encoding = encoding.strip()
+    if "compressedDepth" in msg.format or (
+        separator and encoding in IMAGE_ENCODINGS and encoding not in _TO_RGB
+    ):
+        raise ValueError(
+            f"cannot segment images of format {msg.format!r} (depth or more than 8 bits a channel); use "
+            f"an image of one of {', '.join(_TO_RGB)}"
+        )
     return decode_compressed(bytes(msg.data), max_pixels, f"format {msg.format!r}")
 
 
