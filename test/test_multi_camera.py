@@ -96,8 +96,9 @@ class MultiCameraClient:
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
-            for name in CAMERAS:
-                if status.name == f"seem_node_{self.namespace}: {name} segmentation":
+            for name in ("", *CAMERAS):
+                camera = f" {name}" if name else ""
+                if status.name == f"seem_node_{self.namespace}:{camera} segmentation":
                     self.statuses[name] = {item.key: item.value for item in status.values}
                     self.statuses[name]["_message"] = status.message
 
@@ -279,6 +280,10 @@ def test_lifecycle_transitions(
     try:
         assert _state(client, namespace) == State.PRIMARY_STATE_UNCONFIGURED
         assert client.images["front"].get_subscription_count() == 0
+        waiting = f"waiting for ros2 lifecycle set /{namespace}/seem_node_{namespace} configure"
+        assert waiting in process.output()
+        unconfigured = "unconfigured (lifecycle): no model loaded"
+        client.until(lambda: client.statuses.get("", {}).get("_message") == unconfigured, 30.0)
         assert _transition(client, namespace, Transition.TRANSITION_CONFIGURE)
         assert _state(client, namespace) == State.PRIMARY_STATE_INACTIVE
         client.executor.spin_once(timeout_sec=0.5)
@@ -307,6 +312,8 @@ def test_lifecycle_transitions(
         assert _transition(client, namespace, Transition.TRANSITION_DEACTIVATE)
         assert _transition(client, namespace, Transition.TRANSITION_CLEANUP)
         assert _state(client, namespace) == State.PRIMARY_STATE_UNCONFIGURED
+        client.statuses.clear()
+        client.until(lambda: client.statuses.get("", {}).get("_message") == unconfigured, 30.0)
         assert _transition(client, namespace, Transition.TRANSITION_CONFIGURE)
         assert _transition(client, namespace, Transition.TRANSITION_ACTIVATE)
         client.wait_subscribed()

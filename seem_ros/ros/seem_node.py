@@ -73,7 +73,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile
@@ -158,6 +158,12 @@ class SeemNode(LifecycleNode):
                 if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                     raise self._configure_error or RuntimeError("configure failed")
                 self.trigger_activate()
+            else:
+                node = self.get_fully_qualified_name()
+                self.get_logger().info(
+                    f"unconfigured (autostart false): waiting for ros2 lifecycle set {node} configure, "
+                    "then activate"
+                )
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -442,10 +448,17 @@ class SeemNode(LifecycleNode):
                 status.level, status.message = status.WARN, "inactive (lifecycle): not subscribed"
             statuses.append(status)
             camera.reported = FrameCounters(**vars(camera.counters))
-        if statuses:
-            self._diagnostics_pub.publish(
-                DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=statuses)
+        if not statuses:  # unconfigured, or cleaned up: the model is not loaded
+            statuses.append(
+                DiagnosticStatus(
+                    name=f"{self.get_name()}: segmentation",
+                    level=DiagnosticStatus.WARN,
+                    message="unconfigured (lifecycle): no model loaded",
+                )
             )
+        self._diagnostics_pub.publish(
+            DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=statuses)
+        )
 
 
 def camera_name_of_topic(topic: str) -> str:
