@@ -232,11 +232,17 @@ def test_services(seem_node: NodeProcess, client: Client, coffee):
         assert response.success, response.message
 
 
-def test_bad_parameter_stops_startup(ros_environment: dict[str, str], tmp_path: Path):  # noqa: F811
-    command = [*_node_command(), "-p", "score_threshold:=1.5"]
+@pytest.mark.parametrize(("parameter", "value"), [("score_threshold", "1.5"), ("preset", "focalt_v2")])
+def test_bad_parameter_stops_startup(
+    ros_environment: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    parameter: str,
+    value: str,
+):
+    command = [*_node_command(), "-p", f"{parameter}:={value}"]
     exit_code, output = exit_of(command, ros_environment, tmp_path / "seem_node.log")
     assert exit_code == 2, output
-    assert "bad parameter, not starting: parameter 'score_threshold'" in output
+    assert f"bad parameter, not starting: parameter '{parameter}'" in output
 
 
 def test_sigterm_stops_a_running_node_cleanly(

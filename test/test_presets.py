@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seem_ros.engine.api import PRESET_NAMES
 from seem_ros.model.presets import PRESETS, RELEASED_PRESETS, build_preset
 
 
@@ -19,6 +20,7 @@ def _layout(reference_dir: Path, preset: str) -> dict:
 
 def test_every_released_preset_has_a_layout(reference_dir: Path) -> None:
     assert set(RELEASED_PRESETS) == {"focalt_v1", "focall_v1", "samvitb_v1", "samvitl_v1"}
+    assert set(PRESET_NAMES) == set(PRESETS)  # the parameter's choices, named without importing the model
     assert set(RELEASED_PRESETS) <= set(PRESETS)
     for preset in RELEASED_PRESETS:
         assert (reference_dir / f"layout_{preset}.json").is_file()

@@ -18,6 +18,9 @@ from seem_ros.engine.results import FrameResult
 from seem_ros.engine.settings import check_settings, setting
 from seem_ros.engine.vocabulary_cache import Vocabulary
 
+PRESET_NAMES = ("focalt_v1", "focall_v1", "samvitb_v1", "samvitl_v1", "focalt_tiny")
+"""The model presets (`seem_ros.model.presets.PRESETS`), named here without importing the model."""
+
 
 @dataclass(frozen=True)
 class SegmenterConfig:
@@ -29,10 +32,7 @@ class SegmenterConfig:
     """
 
     preset: str = setting(
-        "focalt_v1",
-        "Model preset: architecture and default vocabulary (focalt_v1, focall_v1, samvitb_v1, samvitl_v1, "
-        "focalt_tiny).",
-        pattern=r"[A-Za-z0-9_\-]+",
+        "focalt_v1", "Model preset: architecture and default vocabulary.", choices=PRESET_NAMES
     )
     checkpoint: str = setting("", "Checkpoint file (.safetensors or .pt); empty = the preset's default file.")
     device: str = setting(
