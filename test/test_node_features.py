@@ -238,6 +238,7 @@ class Client:
         self.depth_info = self.node.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, qos_profile_sensor_data)
         self.prompt = self.node.create_publisher(String, "/prompt", command_qos)
         self.clicked_point = self.node.create_publisher(PointStamped, "/clicked_point", command_qos)
+        self.click_pixel = self.node.create_publisher(PointStamped, "/click_pixel", command_qos)
         self.scribble = self.node.create_publisher(PolygonStamped, "/scribble", command_qos)
         self.prompt_mask = self.node.create_publisher(Image, "/prompt_mask", command_qos)
         self.referring_image = self.node.create_publisher(Image, "/referring_image", command_qos)
@@ -357,6 +358,9 @@ def test_clicked_point_is_projected_through_camera_info(client: Client, coffee: 
         if spin_until(client.executor, lambda: accepted in client.process.output(), 1.0):
             break
     client.wait_for_log(accepted)
+    # no image yet, but the CameraInfo gives the images' size: a click outside it is refused when given
+    client.click_pixel.publish(PointStamped(point=Point(x=700.0, y=100.0)))
+    client.wait_for_log("ignored click_pixel: point (700.0, 100.0) is outside the 640x480 image")
     results = client.stream(coffee, has_prompt_types("click"))
     assert results[-1].header.frame_id == FRAME_ID
 

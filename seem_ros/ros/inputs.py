@@ -310,7 +310,11 @@ class CameraInputs:
         self._on_image(serialized, self._image_gaps.skipped(info))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Keep the newest CameraInfo; before the first image its size is the images' (REP-104), so prompts
+        given before then are checked against it when they come, not dropped at the first frame."""
         self.camera_info = msg
+        if self.session.image_size is None and msg.width > 0 and msg.height > 0:
+            self.session.expect_image_size(msg.height, msg.width)
 
     def _on_depth_info(self, msg: CameraInfo) -> None:
         self.depth_info = msg
