@@ -245,6 +245,25 @@ def test_bad_parameter_stops_startup(
     assert f"bad parameter, not starting: parameter '{parameter}'" in output
 
 
+def test_ctrl_c_while_the_node_is_still_loading_ends_it_quietly(
+    ros_environment: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+):
+    """SIGINT half a second after start (its modules are still loading: torch and the model code take
+    seconds) ends the process at once with exit code 0 and no traceback; it used to be lost, and the node
+    came up anyway."""
+    command = _node_command(preset="focalt_tiny", device="cpu")
+    node = NodeProcess([*command, "-p", "random_weights:=true"], ros_environment, tmp_path / "seem_node.log")
+    try:
+        time.sleep(0.5)
+        node.process.send_signal(signal.SIGINT)
+        exit_code = node.wait(timeout=20.0)
+    finally:
+        node.stop()
+    output = node.output()
+    assert exit_code == 0 and "Traceback" not in output and "ready:" not in output, output
+
+
 def test_sigterm_stops_a_running_node_cleanly(
     ros_environment: dict[str, str],  # noqa: F811
     reference_dir: Path,

@@ -62,10 +62,12 @@ Services, per camera: set_vocabulary (seem_ros/SetVocabulary), clear_prompts and
 from __future__ import annotations
 
 from seem_ros.allocator import share_main_heap
+from seem_ros.ros.interrupts import stop_quietly_while_starting
 
 # Before numpy, torch and rclpy are imported: threads they start would otherwise get malloc arenas of their
 # own, which the inference thread could then be given instead of the main heap (see seem_ros.allocator).
 share_main_heap()
+stop_quietly_while_starting()
 
 import gc
 import threading
