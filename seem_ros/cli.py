@@ -123,7 +123,8 @@ def _prompt_spec(args: argparse.Namespace):  # noqa: ANN202 - PromptSpec, import
     )
 
 
-def _segmenter_config(args: argparse.Namespace):  # noqa: ANN202 - SegmenterConfig, imported lazily
+def _segmenter_config(args: argparse.Namespace, panoptic: bool):  # noqa: ANN202 - SegmenterConfig, lazily
+    """The segmenter the arguments ask for; panoptic: also segment over the vocabulary (else only targets)."""
     from seem_ros.engine.api import SegmenterConfig
     from seem_ros.engine.offline import vocabulary_from_argument
 
@@ -135,6 +136,7 @@ def _segmenter_config(args: argparse.Namespace):  # noqa: ANN202 - SegmenterConf
         vocabulary=tuple(vocabulary_from_argument(args.vocab)),
         score_threshold=args.threshold,
         short_side=args.short_side,
+        panoptic=panoptic,
     )
 
 
@@ -153,17 +155,15 @@ def _run_segment_command(args: argparse.Namespace) -> int:
         spec = _prompt_spec(args)
         targets = spec.targets()
         rgb = read_rgb(args.image)
-        segmenter = build_segmenter(_segmenter_config(args))
+        segmenter = build_segmenter(_segmenter_config(args, panoptic=not targets))
         segmenter.expect_image_size(*rgb.shape[:2])
-        if targets:
-            segmenter.generic = False
         for target in targets:
             segmenter.add_target(target)
         result = segmenter.process(rgb)
+        write_rgb(args.out, render_overlay(rgb, result.instances))
     except (ValueError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    write_rgb(args.out, render_overlay(rgb, result.instances))
     records = [instance_record(instance) for instance in result.instances]
     weights = "RANDOM WEIGHTS (meaningless masks)" if args.random_weights else segmenter.describe()["weights"]
     total = sum(result.timings.values())
@@ -175,7 +175,11 @@ def _run_segment_command(args: argparse.Namespace) -> int:
         )
     json_path = _json_path(args)
     if json_path is not None:
-        write_json(json_path, {"image": str(args.image), "weights": weights, "masks": records})
+        try:
+            write_json(json_path, {"image": str(args.image), "weights": weights, "masks": records})
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -204,14 +208,15 @@ def _run_track_command(args: argparse.Namespace) -> int:
         targets = _prompt_spec(args).targets()
         if not targets:
             raise ValueError("give at least one --text, --point, --box or --scribble to track")
-        segmenter = build_segmenter(_segmenter_config(args))
-        segmenter.generic = False
-        for target in targets:
-            segmenter.add_target(target)
+        segmenter = build_segmenter(_segmenter_config(args, panoptic=False))
         writer = FrameWriter(args.out, fps=args.fps)
         frames = []
         try:
             for index, rgb in enumerate(frames_of(args.source, args.max_frames, args.stride)):
+                if index == 0:  # the prompts are the first frame's: checked against its size
+                    segmenter.expect_image_size(*rgb.shape[:2])
+                    for target in targets:
+                        segmenter.add_target(target)
                 result = segmenter.process(rgb)
                 writer.write(render_overlay(rgb, result.instances))
                 tracks = [instance_record(instance) for instance in result.instances if instance.track_id]
@@ -229,7 +234,11 @@ def _run_track_command(args: argparse.Namespace) -> int:
     print(f"{len(frames)} frames tracked; annotated output {args.out}")
     json_path = _json_path(args)
     if json_path is not None:
-        write_json(json_path, {"source": str(args.source), "frames": frames})
+        try:
+            write_json(json_path, {"source": str(args.source), "frames": frames})
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -77,6 +77,17 @@ def test_segment_without_prompt_is_panoptic_over_the_given_vocabulary(
     assert {m["label"] for m in masks} <= {"cup", "saucer", "spoon", "table"}
 
 
+def test_segment_with_a_prompt_answers_only_the_prompt(coffee_png: Path, tmp_path: Path) -> None:
+    """A threshold of 0 would let the panoptic pass report every query: none may appear beside the text."""
+    completed = run_cli(
+        "segment", str(coffee_png), "--text", "the cup", "--threshold", "0.0",
+        "--out", str(tmp_path / "o.png"), "--json", *COMMON,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    masks = json.loads((tmp_path / "o.json").read_text())["masks"]
+    assert [m["prompt"] for m in masks] == ["text"]
+
+
 def test_segment_reports_bad_input_with_exit_status_1(coffee_png: Path, tmp_path: Path) -> None:
     missing = run_cli("segment", str(tmp_path / "none.png"), "--out", str(tmp_path / "o.png"), *COMMON)
     assert missing.returncode == 1 and "cannot read an image" in missing.stderr
@@ -97,6 +108,9 @@ def test_segment_reports_bad_input_with_exit_status_1(coffee_png: Path, tmp_path
         str(tmp_path / "o.png"),
     )
     assert no_checkpoint.returncode == 1 and "xdecoder/SEEM" in no_checkpoint.stderr
+    unwritable = run_cli("segment", str(coffee_png), "--out", str(tmp_path / "overlay.xyz"), *COMMON)
+    assert unwritable.returncode == 1 and "name it .png or .jpg" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
 
 
 def test_track_writes_video_and_per_frame_tracks_with_stable_ids(tmp_path: Path) -> None:
@@ -149,3 +163,24 @@ def test_coco_rle_known_value_and_invalid_input() -> None:
         coco_rle.decode({"size": [2, 2], "counts": [1, 1]})
     with pytest.raises(ValueError):
         coco_rle.decode({"size": [2, 2], "counts": "\x01"})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--box", "150,30,350,250", "--stride", "0"], "the stride must be 1 or more"),
+        (["--box", "150,30,350,250", "--max-frames", "-1"], "the frame limit must be 1 or more"),
+        (["--point", "5000,5000"], "outside the 512x512 image"),
+        (["--box", "150,30,350,250", "--fps", "0", "--out-video"], "frame rate must be above 0"),
+    ],
+)
+def test_track_reports_bad_arguments_with_exit_status_1(tmp_path: Path, arguments: list[str], reason: str):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(2):
+        cv2.imwrite(str(folder / f"{index:02d}.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    out = str(tmp_path / ("out.avi" if "--out-video" in arguments else "out"))
+    options = [argument for argument in arguments if argument != "--out-video"]
+    completed = run_cli("track", str(folder), *options, "--out", out, *COMMON)
+    assert completed.returncode == 1 and reason in completed.stderr, completed.stderr
+    assert "Traceback" not in completed.stderr

@@ -75,9 +75,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def write_rgb(path: str | Path, rgb: np.ndarray) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write an RGB image in the format its suffix names (ValueError for a suffix OpenCV cannot write, or a
+    path that cannot be written)."""
+    if not cv2.haveImageWriter(str(path)):
+        raise ValueError(f"cannot write an image to {path}: name it .png or .jpg")
+    _make_parent(path)
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise ValueError(f"cannot write an image to {path}")
+
+
+def _make_parent(path: str | Path) -> None:
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def instance_record(instance: InstanceResult) -> dict[str, object]:
@@ -104,7 +115,12 @@ def instance_from_mask(
 
 
 def frames_of(source: str | Path, max_frames: int | None = None, stride: int = 1) -> Iterator[np.ndarray]:
-    """RGB frames of a video file or of the images in a folder (sorted by name)."""
+    """RGB frames of a video file or of the images in a folder (sorted by name): every `stride`-th, at most
+    `max_frames` of them."""
+    if stride < 1:
+        raise ValueError(f"the stride must be 1 or more, got {stride}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"the frame limit must be 1 or more, got {max_frames}")
     source = Path(source)
     produced = 0
     if source.is_dir():
@@ -136,19 +152,30 @@ class FrameWriter:
     """Annotated frames to a video file (.mp4/.avi) or to numbered PNG files in a folder."""
 
     def __init__(self, destination: str | Path, fps: float = 10.0) -> None:
+        if not fps > 0.0:
+            raise ValueError(f"the video's frame rate must be above 0, got {fps}")
         self.destination = Path(destination)
         self.fps = fps
         self._video: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
         self._count = 0
 
     def write(self, rgb: np.ndarray) -> None:
         if self.destination.suffix.lower() in (".mp4", ".avi"):
+            height, width = rgb.shape[:2]
             if self._video is None:
-                self.destination.parent.mkdir(parents=True, exist_ok=True)
+                _make_parent(self.destination)
                 codec = "mp4v" if self.destination.suffix.lower() == ".mp4" else "MJPG"
-                height, width = rgb.shape[:2]
                 self._video = cv2.VideoWriter(
                     str(self.destination), cv2.VideoWriter_fourcc(*codec), self.fps, (width, height)
+                )
+                if not self._video.isOpened():
+                    raise ValueError(f"cannot write a video to {self.destination}")
+                self._size = (width, height)
+            if (width, height) != self._size:
+                raise ValueError(
+                    f"frame {self._count} is {width}x{height}, the video's frames are {self._size[0]}x"
+                    f"{self._size[1]}: a video holds frames of one size (write PNGs to a folder)"
                 )
             self._video.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         else:
@@ -162,8 +189,11 @@ class FrameWriter:
 
 
 def write_json(path: str | Path, payload: object) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    _make_parent(path)
+    try:
+        Path(path).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def vocabulary_from_argument(text: str | None) -> Sequence[str]:
