@@ -25,6 +25,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from seem_ros.allocator import share_main_heap
 from seem_ros.model.checkpoint import CheckpointError
 
@@ -44,9 +46,19 @@ def _run_parity_command(args: argparse.Namespace) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyError as error:
+        print(f"error: the reference set {directory} lacks the entry {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (OSError, ValueError, SafetensorError) as error:  # a missing, malformed or truncated file
+        print(f"error: the reference set {directory} cannot be read: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     print(format_table(rows))
     if args.json is not None:
-        Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1) + "\n", encoding="utf-8")
+        try:
+            Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1) + "\n", encoding="utf-8")
+        except OSError as error:
+            print(f"error: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
+            return EXIT_FAILURE
     return EXIT_OK if rows and all(row.ok for row in rows) else EXIT_FAILURE
 
 

@@ -144,3 +144,13 @@ def test_convert_rejects_other_output_formats(tiny_state: dict[str, Tensor], tmp
     torch.save(tiny_state, source)
     assert main(["convert", str(source), str(tmp_path / "tiny.bin")]) == 1
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_convert_copies_tied_weights_and_makes_the_output_folder(tmp_path: Path, capsys) -> None:
+    shared = torch.arange(6.0).reshape(2, 3)
+    source = tmp_path / "tied.pt"
+    torch.save({"embedding.weight": shared, "head.weight": shared}, source)  # one storage, two keys
+    destination = tmp_path / "new" / "folder" / "tied.safetensors"
+    assert main(["convert", str(source), str(destination)]) == 0, capsys.readouterr().err
+    converted = load_file(destination)
+    assert all(torch.equal(converted[key], shared) for key in ("embedding.weight", "head.weight"))

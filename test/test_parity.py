@@ -284,3 +284,15 @@ def test_inputs_given_only_as_stored_tensors(
     _assert_all_ok(rows, tmp_path / "shifted")
     (check,) = _cross_checks(rows, "prompt_pos_mask")
     assert check.ok and check.note.endswith("the stored tensor is the input")
+
+
+@pytest.mark.parametrize(
+    ("index_text", "reason"),
+    [("{}", "lacks the entry 'model_file'"), ("not json", "cannot be read")],
+)
+def test_cli_says_what_is_wrong_with_a_malformed_reference_set(
+    tmp_path: Path, capsys, index_text: str, reason: str
+) -> None:
+    (tmp_path / "index.json").write_text(index_text)
+    assert main(["parity", str(tmp_path)]) == 1
+    assert reason in capsys.readouterr().err

@@ -151,7 +151,14 @@ def load_weights(
 
 
 def convert_to_safetensors(source: str | Path, destination: str | Path) -> int:
-    """Write a checkpoint as safetensors (contiguous tensors, same keys). Returns the number of tensors."""
+    """Write a checkpoint as safetensors (same keys; each tensor its own contiguous copy, so tied weights
+    become equal copies, which safetensors requires). Returns the number of tensors; CheckpointError when
+    the source cannot be read or the destination written."""
     state = read_checkpoint(source)
-    save_file({key: value.contiguous() for key, value in state.items()}, str(destination))
+    destination = Path(destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        save_file({key: value.contiguous().clone() for key, value in state.items()}, str(destination))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"cannot write {destination}: {error}") from error
     return len(state)
