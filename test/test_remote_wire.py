@@ -16,6 +16,7 @@ import pytest
 import skimage.data
 import torch
 
+from seem_ros.engine import coco_rle
 from seem_ros.engine.predictor import GenericResult, GenericSegment, Prediction, TargetResult
 from seem_ros.engine.prompts import (
     BoxPrompt,
@@ -192,6 +193,44 @@ def test_a_compressed_array_cannot_expand_beyond_its_declared_shape(rgb: np.ndar
     huge = pack_array(np.zeros((4, 4), np.float32)) | {"shape": [100_000, 100_000]}
     with pytest.raises(WireError, match="more than the limit"):
         decode_request(_request(rgb, targets=[{"text": "cup", "previous": huge}]), LIMITS)
+
+
+def test_the_arrays_of_all_targets_together_are_limited_to_an_image(rgb: np.ndarray) -> None:
+    """Each memory prompt or mask may hold up to an image's pixels, and so may all of a request's together:
+    many targets of large zero logits (a small request) cannot make the server decode gigabytes."""
+    small = WireLimits(max_image_pixels=160 * 120, max_points=4)
+    logits = pack_array(np.zeros((120, 100), np.float32))  # 12000 of the 19200 values
+    click = {"kind": "click", "x": 10.0, "y": 10.0}
+    one = {"visual": [click], "previous": logits}
+    assert len(decode_request(_request(rgb, targets=[one]), small).targets) == 1
+    with pytest.raises(WireError, match="more than the limit 7200") as refused:
+        decode_request(_request(rgb, targets=[one, one]), small)
+    assert refused.value.code == "too_large"
+    mask = {"kind": "mask", "mask": coco_rle.encode(_mask((120, 160)))}
+    with pytest.raises(WireError, match="more than 7200 pixels"):
+        decode_request(_request(rgb, targets=[one, {"visual": [mask]}]), small)
+    with pytest.raises(WireError, match="5 visual prompts, more than 4"):
+        decode_request(_request(rgb, targets=[{"visual": [click] * 5}]), small)
+
+
+def test_the_server_refuses_a_misshapen_memory_prompt_and_an_overlong_text(rgb: np.ndarray) -> None:
+    from seem_ros.engine.api import SegmenterConfig
+    from seem_ros.remote.server_engine import ServerEngine
+
+    engine = ServerEngine(
+        SegmenterConfig(preset="focalt_tiny", random_weights=True, device="cpu", short_side=128)
+    )
+    click = Target(visual=(ClickPrompt(80.0, 60.0),))
+    misshapen = encode_request(rgb, [click], [torch.zeros(3, 3)], False, image_format="png")
+    status, reply = engine.handle(misshapen)
+    assert status == 400
+    with pytest.raises(WireError, match=r"previous mask logits are \(3, 3\); this image's are"):
+        decode_reply(reply)
+    long_text = Target(text=TextPrompt(" ".join(["cup"] * 150)))
+    status, reply = engine.handle(encode_request(rgb, [long_text], [None], False, image_format="png"))
+    assert status == 400
+    with pytest.raises(WireError, match="SEEM reads at most 77"):
+        decode_reply(reply)
 
 
 def test_tokens_are_compared_as_bearer_headers() -> None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seem_ros.engine.backends import DecoderBackend, DecoderInputs, ImageEncoderBackend
+from seem_ros.engine.errors import InputError
 from seem_ros.engine.image_transform import ResizeShortestSide, validate_rgb
 from seem_ros.engine.prompt_raster import Disk, PromptShape, Stroke, canvas_to_mask, draw_prompt_canvas
 from seem_ros.engine.prompts import (
@@ -465,8 +466,14 @@ class SeemPredictor:
                 size = encoded.features.mask_features.shape[-2:]
                 previous = torch.full((1, len(visual_ids), *size), EMPTY_MEMORY_LOGIT)
                 for slot, i in enumerate(visual_ids):
-                    if previous_logits[i] is not None:
-                        previous[0, slot] = previous_logits[i]
+                    if previous_logits[i] is None:
+                        continue
+                    if previous_logits[i].shape != size:
+                        raise InputError(
+                            f"target {i}'s previous mask logits are {tuple(previous_logits[i].shape)}; this "
+                            f"image's are {tuple(size)} (mask_logits of a frame of the same size)"
+                        )
+                    previous[0, slot] = previous_logits[i]
                 previous = to_device(previous, self.device)
             query_choices = self.model.decoder.draw_query_choices(
                 spatial_tokens.num_prompts, previous is not None, generator

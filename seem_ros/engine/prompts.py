@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from seem_ros.engine.errors import InputError
+from seem_ros.model.tokenizer import CONTEXT_LENGTH, ClipTokenizer
 
 MAX_TEXT_CHARACTERS = 1000
 
@@ -23,9 +24,22 @@ def _check_finite(**values: float) -> None:
             raise InputError(f"{name} must be a finite number of pixels, got {value!r}")
 
 
+def check_text_fits(text: str, tokenizer: ClipTokenizer) -> None:
+    """InputError when `text` has more CLIP tokens than SEEM reads (77, with start and end): the model would
+    silently read only its beginning. Where a text enters the engine (a session's prompt, a server's
+    request)."""
+    tokens = tokenizer.token_count(text)
+    if tokens > CONTEXT_LENGTH:
+        raise InputError(
+            f"text prompt has {tokens} tokens; SEEM reads at most {CONTEXT_LENGTH} (with start and end): "
+            "shorten it"
+        )
+
+
 @dataclass(frozen=True)
 class TextPrompt:
-    """A referring expression ("the red cup"). Longer texts are cut at 77 CLIP tokens."""
+    """A referring expression ("the red cup"). The model reads at most 77 CLIP tokens of it: where texts
+    enter the engine, `check_text_fits` refuses longer ones."""
 
     text: str
 

@@ -24,11 +24,18 @@ from seem_ros.engine.api import TrackSummary
 from seem_ros.engine.errors import InputError
 from seem_ros.engine.image_transform import validate_rgb
 from seem_ros.engine.predictor import FrameRequest, Prediction, TargetResult
-from seem_ros.engine.prompts import BoxPrompt, ClickPrompt, MaskPrompt, Target, TextPrompt, VisualPrompt
+from seem_ros.engine.prompts import (
+    BoxPrompt,
+    ClickPrompt,
+    MaskPrompt,
+    Target,
+    TextPrompt,
+    VisualPrompt,
+    check_text_fits,
+)
 from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
 from seem_ros.engine.tracker import PlannedTrack, Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import Vocabulary
-from seem_ros.model.tokenizer import CONTEXT_LENGTH
 
 if TYPE_CHECKING:
     from seem_ros.engine.engine import SeemEngine
@@ -146,12 +153,7 @@ class Session:
     def _text_target(self, text: str) -> Target:
         if not text.strip():
             raise InputError("a text prompt needs words")
-        tokens = self.engine.tokenizer.token_count(text)
-        if tokens > CONTEXT_LENGTH:
-            raise InputError(
-                f"text prompt has {tokens} tokens; SEEM reads at most {CONTEXT_LENGTH} (with start and end): "
-                "shorten it"
-            )
+        check_text_fits(text, self.engine.tokenizer)
         return Target(text=TextPrompt(text))
 
     def set_text_prompt(self, text: str) -> int:

@@ -18,6 +18,7 @@ import torch
 
 from seem_ros.engine.api import SegmenterConfig
 from seem_ros.engine.predictor import FrameRequest
+from seem_ros.engine.prompts import check_text_fits
 from seem_ros.engine.vocabulary_cache import Vocabulary
 from seem_ros.remote.wire import (
     RemoteRequest,
@@ -85,9 +86,12 @@ class ServerEngine:
                 replies[index] = (200, encode_reply(answer, vocabulary, self.replica, len(bodies)))
         return [replies[index] for index in range(len(bodies))]
 
-    @staticmethod
-    def _frame_request(request: RemoteRequest) -> FrameRequest:
-        """What the predictor decodes for a request (its vocabulary None = the replica's own)."""
+    def _frame_request(self, request: RemoteRequest) -> FrameRequest:
+        """What the predictor decodes for a request (its vocabulary None = the replica's own); InputError
+        for a text longer than SEEM reads, as a session refuses it."""
+        for target in request.targets:
+            if target.text is not None:
+                check_text_fits(target.text.text, self.predictor.tokenizer)
         return FrameRequest(
             image=request.rgb,
             targets=request.targets,

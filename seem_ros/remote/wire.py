@@ -270,8 +270,9 @@ def decode_request(body: bytes, limits: WireLimits) -> RemoteRequest:
         )
     rgb = decode_image(message.get("image"), limits.max_image_pixels)
     targets, previous = [], []
+    budget = _ElementBudget(limits.max_image_pixels)
     for index, packed in enumerate(packed_targets):
-        target, logits = _unpack_target(packed, limits, f"target {index}")
+        target, logits = _unpack_target(packed, limits, budget, f"target {index}")
         targets.append(target)
         previous.append(logits)
     session, stamp = message.get("session", ""), message.get("stamp", 0.0)
@@ -303,7 +304,21 @@ def _unpack_vocabulary(packed: Any, limits: WireLimits) -> tuple[tuple[str, ...]
     return tuple(names), tuple(things)
 
 
-def _unpack_target(packed: Any, limits: WireLimits, what: str) -> tuple[Target, np.ndarray | None]:
+class _ElementBudget:
+    """How many more mask pixels and memory-prompt values a request's targets may unpack: each is limited to
+    an image's pixels, and so are all together, so a small request cannot make the server decode many
+    large arrays (64 targets of 16 M float32 logits would be 4 GiB)."""
+
+    def __init__(self, elements: int) -> None:
+        self.remaining = elements
+
+    def take(self, count: int) -> None:
+        self.remaining -= count
+
+
+def _unpack_target(
+    packed: Any, limits: WireLimits, budget: _ElementBudget, what: str
+) -> tuple[Target, np.ndarray | None]:
     item = _map(packed, what)
     text = item.get("text")
     if text is not None and (not isinstance(text, str) or len(text) > limits.max_text_chars):
@@ -311,9 +326,14 @@ def _unpack_target(packed: Any, limits: WireLimits, what: str) -> tuple[Target, 
     visual_items = item.get("visual", [])
     if not isinstance(visual_items, list):
         raise WireError(f"{what}: visual must be a list")
+    if len(visual_items) > limits.max_points:
+        raise WireError(
+            f"{what}: {len(visual_items)} visual prompts, more than {limits.max_points}", "too_large"
+        )
     try:
         visual = tuple(
-            _unpack_visual(prompt, limits, f"{what} prompt {i}") for i, prompt in enumerate(visual_items)
+            _unpack_visual(prompt, limits, budget, f"{what} prompt {i}")
+            for i, prompt in enumerate(visual_items)
         )
         reference = None
         if item.get("reference") is not None:
@@ -331,13 +351,15 @@ def _unpack_target(packed: Any, limits: WireLimits, what: str) -> tuple[Target, 
     except (ValueError, TypeError) as error:
         raise WireError(f"{what}: {error}") from error
     previous = item.get("previous")
-    logits = None if previous is None else unpack_array(previous, limits.max_image_pixels, f"{what} previous")
-    if logits is not None and (logits.ndim != 2 or logits.dtype != np.float32):
-        raise WireError(f"{what}: previous logits must be a 2-D float32 array")
+    logits = None if previous is None else unpack_array(previous, budget.remaining, f"{what} previous")
+    if logits is not None:
+        budget.take(logits.size)
+        if logits.ndim != 2 or logits.dtype != np.float32:
+            raise WireError(f"{what}: previous logits must be a 2-D float32 array")
     return target, logits
 
 
-def _unpack_visual(packed: Any, limits: WireLimits, what: str) -> VisualPrompt:
+def _unpack_visual(packed: Any, limits: WireLimits, budget: _ElementBudget, what: str) -> VisualPrompt:
     item = _map(packed, what)
     kind = item.get("kind")
     positive = item.get("positive", True)
@@ -360,7 +382,9 @@ def _unpack_visual(packed: Any, limits: WireLimits, what: str) -> VisualPrompt:
             pairs.append((float(point[0]), float(point[1])))
         return ScribblePrompt(tuple(pairs), _number(item, "width", what), positive)
     if kind == "mask":
-        return MaskPrompt(_unrle(item.get("mask"), limits.max_image_pixels, f"{what} mask"), positive)
+        mask = _unrle(item.get("mask"), budget.remaining, f"{what} mask")
+        budget.take(mask.size)
+        return MaskPrompt(mask, positive)
     raise WireError(f"{what}: kind must be click, box, scribble or mask, got {kind!r}")
 
 
