@@ -277,7 +277,7 @@ def _run_serve_command(args: argparse.Namespace) -> int:
 
     try:
         return run(args)
-    except ValueError as error:
+    except (ValueError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILURE
 

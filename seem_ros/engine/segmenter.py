@@ -73,14 +73,21 @@ def load_model_and_source(
         if path is None:
             return randomize_weights(build_preset(preset), seed), None
     else:
-        path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(preset)
-        if not path.is_file():
-            raise CheckpointError(
-                f"no checkpoint at {path}. Download {CHECKPOINT_FILES.get(preset, 'a SEEM v1 checkpoint')} "
-                "from the xdecoder/SEEM model repository and put it there (or pass its path), "
-                "or run with random weights to try the pipeline (outputs are meaningless)"
-            )
+        path = checkpoint_file(preset, checkpoint)
     return model_from_file(preset, path), weights_source(path, preset)
+
+
+def checkpoint_file(preset: str, checkpoint: str = "") -> Path:
+    """The checkpoint file a preset loads: `checkpoint` if given, else the preset's file in the cache;
+    CheckpointError saying where to get one when there is none."""
+    path = Path(checkpoint).expanduser() if checkpoint else default_checkpoint_path(preset)
+    if not path.is_file():
+        raise CheckpointError(
+            f"no checkpoint at {path}. Download {CHECKPOINT_FILES.get(preset, 'a SEEM v1 checkpoint')} "
+            "from the xdecoder/SEEM model repository and put it there (or pass its path), "
+            "or run with random weights to try the pipeline (outputs are meaningless)"
+        )
+    return path
 
 
 class StartupPhases:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -93,10 +94,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from seem_ros.engine.segmenter import checkpoint_file
     from seem_ros.remote.service import build_application
 
     settings = settings_from_arguments(args, token)
     build_application(settings)  # bad settings are reported before a cluster starts
+    if not args.address:  # the replicas run here: what they will need is checked here, first
+        _check_port_free(args.host, args.port)
+        if not args.random_weights:
+            checkpoint_file(args.preset, args.checkpoint)
 
     import ray
     from ray import serve
@@ -129,6 +135,18 @@ def run(args: argparse.Namespace) -> int:
             if started_here:
                 ray.shutdown()
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """ValueError unless this machine can listen on (host, port), as the HTTP proxy will."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be 1 to 65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 def _describe(settings: ServiceSettings) -> str:
