@@ -108,6 +108,10 @@ def test_segment_reports_bad_input_with_exit_status_1(coffee_png: Path, tmp_path
         str(tmp_path / "o.png"),
     )
     assert no_checkpoint.returncode == 1 and "xdecoder/SEEM" in no_checkpoint.stderr
+    bad_numbers = run_cli(
+        "segment", str(coffee_png), "--point", "abc,def", "--out", str(tmp_path / "o.png"), *COMMON
+    )
+    assert bad_numbers.returncode == 1 and "a point is X,Y or X,Y,neg with numbers" in bad_numbers.stderr
     unwritable = run_cli("segment", str(coffee_png), "--out", str(tmp_path / "overlay.xyz"), *COMMON)
     assert unwritable.returncode == 1 and "name it .png or .jpg" in unwritable.stderr
     assert "Traceback" not in unwritable.stderr
@@ -172,6 +176,7 @@ def test_coco_rle_known_value_and_invalid_input() -> None:
         (["--box", "150,30,350,250", "--max-frames", "-1"], "the frame limit must be 1 or more"),
         (["--point", "5000,5000"], "outside the 512x512 image"),
         (["--box", "150,30,350,250", "--fps", "0", "--out-video"], "frame rate must be above 0"),
+        (["--box", "150,30,x,250"], "a box is X0,Y0,X1,Y1 with numbers, got '150,30,x,250'"),
     ],
 )
 def test_track_reports_bad_arguments_with_exit_status_1(tmp_path: Path, arguments: list[str], reason: str):
@@ -184,3 +189,15 @@ def test_track_reports_bad_arguments_with_exit_status_1(tmp_path: Path, argument
     completed = run_cli("track", str(folder), *options, "--out", out, *COMMON)
     assert completed.returncode == 1 and reason in completed.stderr, completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_frame_writer_refuses_videos_it_cannot_write(tmp_path: Path) -> None:
+    from seem_ros.engine.offline import FrameWriter
+
+    with pytest.raises(ValueError, match=r"cannot write a \.mkv video: name it \.mp4 or \.avi"):
+        FrameWriter(tmp_path / "tracked.mkv")
+    writer = FrameWriter(tmp_path / "tracked.avi")
+    writer.write(np.zeros((32, 48, 3), np.uint8))
+    with pytest.raises(ValueError, match="frame 1 is 40x32, the video's frames are 48x32"):
+        writer.write(np.zeros((32, 40, 3), np.uint8))
+    writer.close()

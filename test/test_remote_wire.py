@@ -234,18 +234,12 @@ def test_the_server_refuses_a_misshapen_memory_prompt_and_an_overlong_text(rgb: 
 
 
 def test_serve_reports_what_would_fail_before_a_cluster_starts(tmp_path: Path, capsys) -> None:
-    """A bad port, a port in use and a missing checkpoint are one-line errors before Ray is started."""
+    """A bad port and a missing checkpoint are one-line errors before Ray is started."""
     from seem_ros.cli import main
 
     common = ["serve", "--preset", "focalt_tiny", "--device", "cpu", "--temp-dir", str(tmp_path / "ray")]
     assert main([*common, "--random-weights", "--port", "99999"]) == 1
     assert "--port must be 1 to 65535" in capsys.readouterr().err
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        assert main([*common, "--random-weights", "--port", str(port)]) == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
     assert main([*common, "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
     assert not (tmp_path / "ray").exists()  # no cluster was started

@@ -45,12 +45,13 @@ def parse_point(text: str) -> tuple[float, float, bool]:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("neg", "pos")):
         raise ValueError(f"a point is X,Y or X,Y,neg, got {text!r}")
-    return float(parts[0]), float(parts[1]), len(parts) == 2 or parts[2] == "pos"
+    x, y = _numbers(parts[:2], "a point is X,Y or X,Y,neg", text)
+    return x, y, len(parts) == 2 or parts[2] == "pos"
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
     """ "X0,Y0,X1,Y1"."""
-    values = [float(part) for part in text.split(",")]
+    values = _numbers(text.split(","), "a box is X0,Y0,X1,Y1", text)
     if len(values) != 4:
         raise ValueError(f"a box is X0,Y0,X1,Y1, got {text!r}")
     return values[0], values[1], values[2], values[3]
@@ -60,11 +61,19 @@ def parse_scribble(text: str) -> list[tuple[float, float]]:
     """ "X,Y;X,Y;..."."""
     points = []
     for pair in text.split(";"):
-        values = [float(part) for part in pair.split(",")]
+        values = _numbers(pair.split(","), "a scribble is X,Y;X,Y;...", text)
         if len(values) != 2:
             raise ValueError(f"a scribble is X,Y;X,Y;..., got {text!r}")
         points.append((values[0], values[1]))
     return points
+
+
+def _numbers(parts: Sequence[str], form: str, text: str) -> list[float]:
+    """The numbers of a prompt argument; ValueError naming its form and the argument otherwise."""
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"{form} with numbers, got {text!r}") from None
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -148,12 +157,18 @@ def frames_of(source: str | Path, max_frames: int | None = None, stride: int = 1
         capture.release()
 
 
+UNWRITTEN_VIDEO_SUFFIXES = (".mkv", ".mov", ".webm", ".gif", ".mpg", ".mpeg", ".wmv", ".flv")
+"""Video names `FrameWriter` refuses rather than taking them for a folder of PNG files."""
+
+
 class FrameWriter:
     """Annotated frames to a video file (.mp4/.avi) or to numbered PNG files in a folder."""
 
     def __init__(self, destination: str | Path, fps: float = 10.0) -> None:
         if not fps > 0.0:
             raise ValueError(f"the video's frame rate must be above 0, got {fps}")
+        if Path(destination).suffix.lower() in UNWRITTEN_VIDEO_SUFFIXES:
+            raise ValueError(f"cannot write a {Path(destination).suffix} video: name it .mp4 or .avi")
         self.destination = Path(destination)
         self.fps = fps
         self._video: cv2.VideoWriter | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
@@ -99,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_arguments(args, token)
     build_application(settings)  # bad settings are reported before a cluster starts
-    if not args.address:  # the replicas run here: what they will need is checked here, first
-        _check_port_free(args.host, args.port)
-        if not args.random_weights:
-            checkpoint_file(args.preset, args.checkpoint)
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1 to 65535, got {args.port}")
+    if not args.address and not args.random_weights:  # the replicas run here: their checkpoint is here
+        checkpoint_file(args.preset, args.checkpoint)
 
     import ray
     from ray import serve
@@ -121,8 +120,12 @@ def run(args: argparse.Namespace) -> int:
             init["_temp_dir"] = str(Path(args.temp_dir).resolve())
     ray.init(**init)
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_application(settings), name="seem", route_prefix=args.route)
+        try:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            serve.run(build_application(settings), name="seem", route_prefix=args.route)
+        except RuntimeError as error:  # the port taken, a replica that cannot start: Ray says which
+            print(f"error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+            return 1
         url = f"http://{args.host}:{args.port}{args.route}"
         print(f"seem-ros serve: ready at {url} ({_describe(settings)})", flush=True)
         while not stop.wait(0.5):
@@ -135,18 +138,6 @@ def run(args: argparse.Namespace) -> int:
             if started_here:
                 ray.shutdown()
     return 0
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """ValueError unless this machine can listen on (host, port), as the HTTP proxy will."""
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must be 1 to 65535, got {port}")
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except OSError as error:
-        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
 
 
 def _describe(settings: ServiceSettings) -> str:
