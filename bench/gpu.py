@@ -115,13 +115,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def runs_on(variant: str, device: torch.device) -> bool:
+    """Whether `device` can run `variant` (CUDA graphs need a CUDA device)."""
+    return device.type == "cuda" or not VARIANTS[variant].cuda_graphs
+
+
 def run_plan(args: argparse.Namespace, device: torch.device) -> list[tuple[int, str, str]]:
     """(batch, preset, variant) in the order they are measured, most important first, so that a run cut
     short by `--budget` has measured what matters most: per batch size (smallest first), eager fp32 (the
     reference the others are checked against) and the most accelerated variant the device runs, for every
     preset, then the variants between them; variants the device cannot run come last (reported as skipped).
     """
-    runnable = [v for v in args.variants if device.type == "cuda" or not VARIANTS[v].cuda_graphs]
+    runnable = [variant for variant in args.variants if runs_on(variant, device)]
     first = {"eager", *runnable[-1:]}
     tiers = (first, set(runnable) - first, set(args.variants) - set(runnable))
     return [
@@ -527,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     for batch, preset, variant in run_plan(args, device):
         row: dict = {"preset": preset, "batch": batch, "variant": variant}
         elapsed = time.perf_counter() - started
-        if VARIANTS[variant].cuda_graphs and device.type != "cuda":
+        if not runs_on(variant, device):
             row["skipped"] = "CUDA graphs need a CUDA device"
         elif elapsed > args.budget:
             row["skipped"] = f"time budget ({elapsed:.0f} s > {args.budget:.0f} s)"

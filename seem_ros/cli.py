@@ -20,7 +20,6 @@ registers them. A handler takes the parsed arguments and returns the exit status
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,13 +52,21 @@ def _run_parity_command(args: argparse.Namespace) -> int:
         print(f"error: the reference set {directory} cannot be read: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(format_table(rows))
-    if args.json is not None:
-        try:
-            Path(args.json).write_text(json.dumps(rows_to_json(rows), indent=1) + "\n", encoding="utf-8")
-        except OSError as error:
-            print(f"error: cannot write {args.json}: {error.strerror or error}", file=sys.stderr)
-            return EXIT_FAILURE
+    if args.json is not None and _write_json(Path(args.json), rows_to_json(rows)) != EXIT_OK:
+        return EXIT_FAILURE
     return EXIT_OK if rows and all(row.ok for row in rows) else EXIT_FAILURE
+
+
+def _write_json(path: Path, payload: object) -> int:
+    """Write a command's JSON output; EXIT_FAILURE, with the reason on stderr, when it cannot be written."""
+    from seem_ros.engine.offline import write_json
+
+    try:
+        write_json(path, payload)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _add_parity(subparsers: argparse._SubParsersAction) -> None:
@@ -159,7 +166,7 @@ def _json_path(args: argparse.Namespace) -> Path | None:
 
 
 def _run_segment_command(args: argparse.Namespace) -> int:
-    from seem_ros.engine.offline import instance_record, read_rgb, write_json, write_rgb
+    from seem_ros.engine.offline import instance_record, read_rgb, write_rgb
     from seem_ros.engine.segmenter import build_segmenter
     from seem_ros.engine.visualize import render_overlay
 
@@ -186,13 +193,9 @@ def _run_segment_command(args: argparse.Namespace) -> int:
             f"area {record['area']} ({record['prompt']})"
         )
     json_path = _json_path(args)
-    if json_path is not None:
-        try:
-            write_json(json_path, {"image": str(args.image), "weights": weights, "masks": records})
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_FAILURE
-    return EXIT_OK
+    if json_path is None:
+        return EXIT_OK
+    return _write_json(json_path, {"image": str(args.image), "weights": weights, "masks": records})
 
 
 def _add_segment(subparsers: argparse._SubParsersAction) -> None:
@@ -212,7 +215,7 @@ def _add_segment(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_track_command(args: argparse.Namespace) -> int:
-    from seem_ros.engine.offline import FrameWriter, frames_of, instance_record, write_json
+    from seem_ros.engine.offline import FrameWriter, frames_of, instance_record
     from seem_ros.engine.segmenter import build_segmenter
     from seem_ros.engine.visualize import render_overlay
 
@@ -245,13 +248,9 @@ def _run_track_command(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{len(frames)} frames tracked; annotated output {args.out}")
     json_path = _json_path(args)
-    if json_path is not None:
-        try:
-            write_json(json_path, {"source": str(args.source), "frames": frames})
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_FAILURE
-    return EXIT_OK
+    if json_path is None:
+        return EXIT_OK
+    return _write_json(json_path, {"source": str(args.source), "frames": frames})
 
 
 def _add_track(subparsers: argparse._SubParsersAction) -> None:

@@ -33,7 +33,14 @@ from seem_ros.engine.prompts import (
     VisualPrompt,
     check_text_fits,
 )
-from seem_ros.engine.results import SEMANTIC_VOID, FrameResult, InstanceResult, Segment, mask_bbox
+from seem_ros.engine.results import (
+    SEMANTIC_VOID,
+    FrameResult,
+    InstanceResult,
+    Segment,
+    TrackEvent,
+    mask_bbox,
+)
 from seem_ros.engine.tracker import PlannedTrack, Tracker, fits_image
 from seem_ros.engine.vocabulary_cache import Vocabulary
 
@@ -124,9 +131,7 @@ class Session:
                 instances.append(instance)
             events = list(self.tracker.events)
         size = plan.request.image.shape[:2]
-        result = frame_result(size, instances, prediction, self.settings.max_instances)
-        result.track_events = events
-        return result
+        return frame_result(size, instances, prediction, self.settings.max_instances, events)
 
     def process(self, rgb: np.ndarray) -> FrameResult:
         """Segment one frame of this stream (alone; `SeemEngine.step` serves several streams at once)."""
@@ -278,9 +283,14 @@ def _instance(index: int, track_id: int, kind: str, text: str, result: TargetRes
 
 
 def frame_result(
-    size: tuple[int, int], instances: list[InstanceResult], prediction: Prediction, max_instances: int
+    size: tuple[int, int],
+    instances: list[InstanceResult],
+    prediction: Prediction,
+    max_instances: int,
+    track_events: list[TrackEvent] | None = None,
 ) -> FrameResult:
-    """Prompted instances, then the panoptic segments as untracked instances (best first)."""
+    """Prompted instances, then the panoptic segments as untracked instances (best first), and what
+    happened to the stream's tracks (`track_events`, none for a one-shot image)."""
     panoptic = np.zeros(size, dtype=np.int32)
     semantic = np.full(size, SEMANTIC_VOID, dtype=np.uint16)
     segments: list[Segment] = []
@@ -308,4 +318,4 @@ def frame_result(
                     prompt="panoptic",
                 )
             )
-    return FrameResult(instances, panoptic, segments, semantic, prediction.timings)
+    return FrameResult(instances, panoptic, segments, semantic, prediction.timings, track_events or [])

@@ -26,6 +26,11 @@ class FrameCounters:
     last_inference_error: str = ""
 
 
+def camera_prefix(camera: str) -> str:
+    """The start of a log line about a named camera ("camera 'front': "); nothing for an unnamed one."""
+    return f"camera '{camera}': " if camera else ""
+
+
 class ErrorLog:
     """Counts bad input of one camera and logs it, at most once per `period` seconds for each input."""
 
@@ -35,7 +40,7 @@ class ErrorLog:
         self._logger = logger
         self._counters = counters
         self._period = period
-        self._prefix = f"camera '{camera}': " if camera else ""
+        self._prefix = camera_prefix(camera)
         self._last: dict[str, float] = {}
 
     def input_error(self, what: str, reason: str) -> None:

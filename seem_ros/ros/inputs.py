@@ -29,7 +29,7 @@ from seem_ros.engine.prompts import ReferringImagePrompt, ScribblePrompt, Target
 from seem_ros.engine.session import Session
 from seem_ros.ros.conversions import frame_result_to_msg, image_to_array, image_to_rgb, project_point
 from seem_ros.ros.depth import DepthBuffer
-from seem_ros.ros.diagnostics import ErrorLog, FrameCounters
+from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_prefix
 from seem_ros.ros.frames import PointTransformer
 from seem_ros.ros.node_runner import sensor_qos
 from seem_ros.ros.parameters import NodeSettings
@@ -366,8 +366,7 @@ class CameraInputs:
         self._log(f"referring image {rgb.shape[1]}x{rgb.shape[0]} with a mask of {int(mask.sum())} pixels")
 
     def _log(self, line: str) -> None:
-        camera = f"camera '{self.session.name}': " if self.session.name else ""
-        self._node.get_logger().info(f"{camera}{line}")
+        self._node.get_logger().info(f"{camera_prefix(self.session.name)}{line}")
 
     # ------------------------------------------------------------------ services
     def _set_vocabulary(self, request: SetVocabulary.Request, response: SetVocabulary.Response):

@@ -92,7 +92,7 @@ from seem_ros.engine.results import TrackEvent
 from seem_ros.engine.session import Session
 from seem_ros.msg import PromptFeedback
 from seem_ros.ros.conversions import compressed_to_rgb, image_to_rgb
-from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_status
+from seem_ros.ros.diagnostics import ErrorLog, FrameCounters, camera_prefix, camera_status
 from seem_ros.ros.frames import PointTransformer
 from seem_ros.ros.inputs import COMMAND_QOS, CallbackGroups, CameraInputs, FrameSlots, WhileModelIdle
 from seem_ros.ros.node_runner import (
@@ -368,7 +368,7 @@ class SeemNode(LifecycleNode):
     def _report_track_events(self, camera: Camera, events: list[TrackEvent]) -> None:
         """Log the tracks a frame lost, reacquired or dropped; tell the operator on prompt_feedback (action
         "dropped") of those the tracker dropped, as it tells of those a prompt removes."""
-        prefix = f"camera '{camera.session.name}': " if camera.session.name else ""
+        prefix = camera_prefix(camera.session.name)
         for event in events:
             if event.event not in ("lost", "reacquired", "dropped"):
                 continue
@@ -397,7 +397,7 @@ class SeemNode(LifecycleNode):
             cameras.sort(key=lambda item: item.name != camera)
         outcome = run_prompt(text, {item.session.name: item.session for item in cameras})
         if outcome.accepted and outcome.command is not None:
-            prefix = f"camera '{outcome.camera}': " if outcome.camera else ""
+            prefix = camera_prefix(outcome.camera)
             self.get_logger().info(f"{prefix}prompt: {outcome.command.describe()}: {outcome.message}")
         else:  # logged as the camera's the prompt addressed, else as the node topic's (no camera named)
             addressed = next((item for item in cameras if item.session.name == outcome.camera), None)
